@@ -1,0 +1,3 @@
+from kallos_models.cli import main
+
+main()

@@ -1,0 +1,251 @@
+"""Database access: one engine factory, the market table, password masking.
+
+SQLAlchemy 2 Core only; every statement is a SQLAlchemy construct with bound parameters.
+The same code runs on SQLite (the embedded default) and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import URL, Connection, Engine, make_url
+
+from kallos_models.errors import ConfigError, DatabaseError
+from kallos_models.features import FEATURE_COLUMNS
+
+logger = logging.getLogger(__name__)
+
+MARKET_TABLE = "market_data"
+KEY_COLUMNS = ("asset_id", "timeframe", "open_time")
+PRICE_COLUMNS = ("open", "high", "low", "close", "volume")
+KLINE_COLUMNS = (
+    "quote_asset_volume",
+    "number_of_trades",
+    "taker_buy_base_asset_volume",
+    "taker_buy_quote_asset_volume",
+)
+#: Columns that come from the input file (everything else is computed).
+RAW_COLUMNS = PRICE_COLUMNS + KLINE_COLUMNS
+
+metadata = sa.MetaData()
+
+market_table = sa.Table(
+    MARKET_TABLE,
+    metadata,
+    sa.Column("asset_id", sa.String(64), primary_key=True),
+    sa.Column("timeframe", sa.String(16), primary_key=True),
+    # Naive timestamps, always UTC: identical on SQLite and PostgreSQL.
+    sa.Column("open_time", sa.DateTime(timezone=False), primary_key=True),
+    *[sa.Column(c, sa.Float, nullable=False) for c in PRICE_COLUMNS],
+    *[sa.Column(c, sa.Float, nullable=True) for c in KLINE_COLUMNS],
+    *[sa.Column(c, sa.Float, nullable=True) for c in FEATURE_COLUMNS],
+    # True where at least one indicator is still in its warm-up (undefined, stored as NULL).
+    sa.Column("warmup", sa.Boolean, nullable=False, default=False),
+)
+
+
+def mask_url(url: str | URL) -> str:
+    """Return ``url`` as text with any password replaced by ``***``."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # not a URL SQLAlchemy can parse: mask anything that looks like one
+        return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", str(url))
+
+
+def url_from_db_kwargs(db_kwargs: Mapping[str, Any]) -> URL:
+    """Build a PostgreSQL URL from the seed's ``db_kwargs`` dict.
+
+    Parameters
+    ----------
+    db_kwargs
+        ``postgres_user``, ``postgres_password``, ``postgres_host``, ``postgres_port``,
+        ``postgres_db``; host defaults to localhost, port to 5432.
+    """
+    missing = [k for k in ("postgres_user", "postgres_db") if not db_kwargs.get(k)]
+    if missing:
+        raise ConfigError(
+            f"db_kwargs lacks {', '.join(missing)}; give postgres_user, postgres_password, "
+            "postgres_host, postgres_port and postgres_db, or a --db-url"
+        )
+    try:
+        port = int(db_kwargs.get("postgres_port") or 5432)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"postgres_port {db_kwargs.get('postgres_port')!r} is not a number") from exc
+    return URL.create(
+        "postgresql+psycopg2",
+        username=str(db_kwargs["postgres_user"]),
+        password=str(db_kwargs["postgres_password"]) if db_kwargs.get("postgres_password") else None,
+        host=str(db_kwargs.get("postgres_host") or "localhost"),
+        port=port,
+        database=str(db_kwargs["postgres_db"]),
+    )
+
+
+def resolve_url(db: str | URL | Mapping[str, Any]) -> URL:
+    """Turn a URL string, a URL or a ``db_kwargs`` dict into a SQLAlchemy URL."""
+    if isinstance(db, URL):
+        return db
+    if isinstance(db, Mapping):
+        return url_from_db_kwargs(db)
+    try:
+        url = make_url(db)
+    except Exception as exc:
+        raise ConfigError(
+            f"database URL {mask_url(db)!r} is not valid; write it like "
+            "sqlite:///kallos.db or postgresql://user:password@host:5432/dbname"
+        ) from exc
+    if url.drivername in ("postgres", "postgresql"):
+        # Plain postgresql:// means the driver this package installs (SQLAlchemy 2.1 would
+        # otherwise pick psycopg 3); postgres:// is the Heroku-style alias.
+        url = url.set(drivername="postgresql+psycopg2")
+    return url
+
+
+def create_db_engine(db: str | URL | Mapping[str, Any], *, create_tables: bool = True) -> Engine:
+    """Create an engine, check the connection, and create missing tables.
+
+    Parameters
+    ----------
+    db
+        A URL (``sqlite:///path.db``, ``postgresql://...``) or the seed's ``db_kwargs`` dict.
+    create_tables
+        Create the market table when missing; default True.
+
+    Raises
+    ------
+    DatabaseError
+        The database cannot be reached or refused the login; the message shows the
+        URL with its password masked.
+    """
+    url = resolve_url(db)
+    kwargs: dict[str, Any] = {}
+    if url.get_backend_name() == "sqlite":
+        kwargs["connect_args"] = {"timeout": 30}
+    else:
+        kwargs["pool_pre_ping"] = True
+        if url.get_backend_name() == "postgresql":
+            kwargs["connect_args"] = {"connect_timeout": 10}
+    try:
+        engine = sa.create_engine(url, **kwargs)
+    except Exception as exc:  # e.g. driver not installed for this dialect
+        raise DatabaseError(f"cannot use database {mask_url(url)}: {exc}") from exc
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.select(sa.literal(1)))
+        if create_tables:
+            metadata.create_all(engine, checkfirst=True)
+    except sa.exc.OperationalError as exc:
+        detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+        detail = detail.replace(url.password or "\0", "***") if url.password else detail
+        raise DatabaseError(
+            f"cannot connect to database {mask_url(url)}: {detail}; check --db-url "
+            "(or KALLOS_DB_URL / db_kwargs) and that the server is running"
+        ) from None
+    return engine
+
+
+def upsert_rows(
+    conn: Connection,
+    rows: list[dict[str, Any]],
+    *,
+    chunk_size: int = 2000,
+    progress: Callable[[int], None] | None = None,
+) -> None:
+    """Insert rows into the market table, replacing rows with the same key.
+
+    Uses the dialect's ``INSERT ... ON CONFLICT DO UPDATE`` in chunks, inside the caller's
+    transaction.
+    """
+    if not rows:
+        return
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert
+    elif dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:  # pragma: no cover - only the two supported backends
+        raise DatabaseError(f"database dialect {dialect!r} is not supported; use SQLite or PostgreSQL")
+    stmt = insert(market_table)
+    update_cols = {c.name: stmt.excluded[c.name] for c in market_table.c if c.name not in KEY_COLUMNS}
+    stmt = stmt.on_conflict_do_update(index_elements=list(KEY_COLUMNS), set_=update_cols)
+    for start in range(0, len(rows), chunk_size):
+        chunk = rows[start : start + chunk_size]
+        conn.execute(stmt, chunk)
+        if progress is not None:
+            progress(len(chunk))
+
+
+def read_market_frame(
+    conn: Connection | Engine,
+    asset_id: str,
+    timeframe: str,
+    *,
+    columns: Iterable[str] | None = None,
+    start: pd.Timestamp | None = None,
+    end: pd.Timestamp | None = None,
+) -> pd.DataFrame:
+    """Read rows of one asset and timeframe, ordered by open time, indexed by ``open_time``."""
+    cols = [market_table.c[c] for c in (columns or [c.name for c in market_table.c])]
+    if market_table.c.open_time not in cols:
+        cols = [market_table.c.open_time, *cols]
+    query = (
+        sa.select(*cols)
+        .where(market_table.c.asset_id == asset_id, market_table.c.timeframe == timeframe)
+        .order_by(market_table.c.open_time)
+    )
+    if start is not None:
+        query = query.where(market_table.c.open_time >= start.to_pydatetime())
+    if end is not None:
+        query = query.where(market_table.c.open_time <= end.to_pydatetime())
+    if isinstance(conn, Engine):
+        with conn.connect() as c:
+            result = c.execute(query)
+            frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+    else:
+        result = conn.execute(query)
+        frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
+    frame["open_time"] = pd.to_datetime(frame["open_time"])
+    frame = frame.set_index("open_time")
+    for c in frame.columns:
+        if c not in ("asset_id", "timeframe", "warmup"):
+            frame[c] = pd.to_numeric(frame[c], errors="coerce").astype("float64")
+    return frame
+
+
+def list_assets(engine: Engine) -> list[dict[str, Any]]:
+    """Return one dict per (asset_id, timeframe): ``asset_id, timeframe, rows, first, last``.
+
+    ``first`` and ``last`` are ISO-8601 strings of the first and last open time (UTC).
+    """
+    t = market_table
+    query = (
+        sa.select(
+            t.c.asset_id,
+            t.c.timeframe,
+            sa.func.count().label("rows"),
+            sa.func.min(t.c.open_time).label("first"),
+            sa.func.max(t.c.open_time).label("last"),
+        )
+        .group_by(t.c.asset_id, t.c.timeframe)
+        .order_by(t.c.asset_id, t.c.timeframe)
+    )
+    with engine.connect() as conn:
+        out = []
+        for row in conn.execute(query):
+            out.append(
+                {
+                    "asset_id": row.asset_id,
+                    "timeframe": row.timeframe,
+                    "rows": int(row.rows),
+                    "first": pd.Timestamp(row.first).isoformat(),
+                    "last": pd.Timestamp(row.last).isoformat(),
+                }
+            )
+    return out
