@@ -22,7 +22,7 @@ import numbers
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import cache
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -225,7 +225,9 @@ class SearchSpace:
 
     def __call__(self, trial: optuna.Trial, timeframe: str) -> dict[str, Any]:
         """Sample every parameter from ``trial``; lookback bounds follow ``timeframe``."""
-        return {name: tunable.sample(trial, name, timeframe) for name, tunable in self.params.items()}
+        return {
+            name: tunable.sample(trial, name, timeframe) for name, tunable in self.params.items()
+        }
 
     def describe(self, timeframe: str) -> dict[str, str]:
         """``{name: range as text}``, see :meth:`Tunable.describe`."""
@@ -554,9 +556,7 @@ def get_spec(model_name: str) -> ModelSpec:
     """
     spec = MODEL_REGISTRY.get(model_name)
     if spec is None:
-        raise ModelError(
-            f"unknown model {model_name!r}; available: {', '.join(model_names())}"
-        )
+        raise ModelError(f"unknown model {model_name!r}; available: {', '.join(model_names())}")
     return spec
 
 
@@ -569,12 +569,12 @@ _INTERNAL_PARAMS = frozenset({"self", "args", "kwargs", "train_sample_shape"})
 _POSITIVE_INT_PARAMS = ("input_chunk_length", "output_chunk_length", "batch_size", "n_epochs")
 
 
-def _import_darts_class(spec: ModelSpec) -> type:
-    module_name, _, class_name = spec.darts_class.rpartition(".")
+def _import_darts_class(darts_class: str) -> Any:
+    module_name, _, class_name = darts_class.rpartition(".")
     return getattr(importlib.import_module(module_name), class_name)
 
 
-@lru_cache(maxsize=None)
+@cache
 def _accepted_params(darts_class: str) -> frozenset[str]:
     """Keyword names the Darts class accepts, found the way Darts itself validates them.
 
@@ -583,13 +583,11 @@ def _accepted_params(darts_class: str) -> frozenset[str]:
     """
     from darts.models.forecasting.pl_forecasting_module import PLForecastingModule
 
-    module_name, _, class_name = darts_class.rpartition(".")
-    cls = getattr(importlib.import_module(module_name), class_name)
     names = set(inspect.signature(PLForecastingModule.__init__).parameters)
-    for base in inspect.getmro(cls):
+    for base in inspect.getmro(_import_darts_class(darts_class)):
         if base is object:
             break
-        names.update(inspect.signature(base.__init__).parameters)
+        names.update(inspect.signature(base.__init__).parameters)  # type: ignore[misc]
     return frozenset((names - _INTERNAL_PARAMS) | {"learning_rate"})
 
 
@@ -597,23 +595,23 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
 def _check_values(spec: ModelSpec, kwargs: Mapping[str, Any]) -> None:
     prefix = f"model {spec.name!r}:"
     for name in _POSITIVE_INT_PARAMS:
-        if name in kwargs and (not _is_int(kwargs[name]) or kwargs[name] < 1):
+        if name in kwargs and not (_is_int(kwargs[name]) and int(kwargs[name]) >= 1):
             raise ModelError(f"{prefix} {name} must be an integer >= 1, got {kwargs[name]!r}")
     optimizer_kwargs = kwargs.get("optimizer_kwargs") or {}
     if not isinstance(optimizer_kwargs, Mapping):
         raise ModelError(f"{prefix} optimizer_kwargs must be a mapping, got {optimizer_kwargs!r}")
     lr = optimizer_kwargs.get("lr")
-    if lr is not None and (
-        isinstance(lr, bool) or not isinstance(lr, numbers.Real) or not 0 < lr < math.inf
-    ):
+    if lr is not None and not (_is_number(lr) and 0 < float(lr) < math.inf):
         raise ModelError(f"{prefix} learning_rate must be a number > 0, got {lr!r}")
     dropout = kwargs.get("dropout")
-    if dropout is not None and (
-        isinstance(dropout, bool) or not isinstance(dropout, numbers.Real) or not 0 <= dropout < 1
-    ):
+    if dropout is not None and not (_is_number(dropout) and 0 <= float(dropout) < 1):
         raise ModelError(f"{prefix} dropout must be a number in [0, 1), got {dropout!r}")
     for constraint in spec.constraints:
         if constraint.violated(kwargs):
@@ -759,7 +757,7 @@ def create_model(
         random_state=random_state,
         n_epochs=n_epochs,
     )
-    darts_cls = _import_darts_class(spec)
+    darts_cls = _import_darts_class(spec.darts_class)
     try:
         return darts_cls(**kwargs)
     except ValueError as exc:

@@ -36,7 +36,9 @@ class KallosGroup(click.Group):
 def _configure_logging(verbose: int, quiet: bool) -> None:
     level = logging.ERROR if quiet else (logging.DEBUG if verbose >= 2 else logging.INFO)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S"))
+    handler.setFormatter(
+        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    )
     root = logging.getLogger("kallos_models")
     root.handlers[:] = [handler]
     root.setLevel(level)
@@ -71,9 +73,14 @@ def db_option(func: Callable) -> Callable:
 def asset_options(func: Callable) -> Callable:
     """`--asset-id` and `--timeframe`, read the same by every command."""
     func = click.option(
-        "--timeframe", default=None, metavar="TF", help="Bar size: 1d, 4h, 2h, 1h, 15m ... [default: 1d]"
+        "--timeframe",
+        default=None,
+        metavar="TF",
+        help="Bar size: 1d, 4h, 2h, 1h, 15m ... [default: 1d]",
     )(func)
-    return click.option("--asset-id", default=None, metavar="ID", help="Asset identifier, e.g. BTC.")(func)
+    return click.option(
+        "--asset-id", default=None, metavar="ID", help="Asset identifier, e.g. BTC."
+    )(func)
 
 
 def _require(value: Any, flag: str, key: str) -> Any:
@@ -126,7 +133,9 @@ def cli(ctx: click.Context, config_path: Path | None, verbose: int, quiet: bool)
     show_default=True,
     help="binance: the 12 kline columns; ohlcv: timestamp,open,high,low,close,volume.",
 )
-@click.option("--skip-invalid", is_flag=True, help="Ingest the valid rows and report the invalid ones.")
+@click.option(
+    "--skip-invalid", is_flag=True, help="Ingest the valid rows and report the invalid ones."
+)
 @db_option
 @click.pass_context
 def ingest(ctx: click.Context, asset_id, timeframe, file_path, fmt, skip_invalid, db_url) -> None:
@@ -145,7 +154,13 @@ def ingest(ctx: click.Context, asset_id, timeframe, file_path, fmt, skip_invalid
     asset = _require(s.asset_id, "--asset-id", "asset_id")
     engine = db.create_db_engine(s.db_url or s.db_kwargs)
     summary = ingest_mod.ingest_file(
-        engine, asset, s.timeframe, file_path, fmt=fmt, skip_invalid=skip_invalid, progress=_progress(ctx)
+        engine,
+        asset,
+        s.timeframe,
+        file_path,
+        fmt=fmt,
+        skip_invalid=skip_invalid,
+        progress=_progress(ctx),
     )
     for warning in summary.warnings:
         logger.warning(warning)
@@ -186,10 +201,14 @@ def assets(ctx: click.Context, db_url, as_json) -> None:
     if as_json:
         _echo_json(rows)
         return
-    header = f"{'asset_id':<16} {'timeframe':<9} {'rows':>8}  {'first':<19}  {'last':<19}"
-    click.echo(header)
+    line = "{asset_id:<16} {timeframe:<9} {rows:>8}  {first:<19}  {last:<19}"
+    click.echo(
+        line.format(
+            asset_id="asset_id", timeframe="timeframe", rows="rows", first="first", last="last"
+        )
+    )
     for r in rows:
-        click.echo(f"{r['asset_id']:<16} {r['timeframe']:<9} {r['rows']:>8}  {r['first']:<19}  {r['last']:<19}")
+        click.echo(line.format(**r))
 
 
 def main() -> None:

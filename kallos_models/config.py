@@ -169,7 +169,9 @@ def _coerce(name: str, value: Any, source: str) -> Any:
             return value
     except (ValueError, TypeError, json.JSONDecodeError) as exc:
         kind = getattr(base, "__name__", None) or str(origin.__name__ if origin else base)
-        raise ConfigError(f"{name} from {source} is {value!r}, which is not a valid {kind}") from exc
+        raise ConfigError(
+            f"{name} from {source} is {value!r}, which is not a valid {kind}"
+        ) from exc
     return value
 
 
@@ -191,7 +193,13 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"horizon must be at least 1, got {s.horizon}")
     if s.max_gap_bars < 0:
         raise ConfigError(f"max_gap_bars must be 0 or more, got {s.max_gap_bars}")
-    for key in ("start_date", "tune_end_date", "train_end_date", "test_start_date", "test_end_date"):
+    for key in (
+        "start_date",
+        "tune_end_date",
+        "train_end_date",
+        "test_start_date",
+        "test_end_date",
+    ):
         parse_date(getattr(s, key), key)
     if not isinstance(s.feature_groups, dict) or not all(
         isinstance(cols, list) and all(isinstance(c, str) for c in cols)
@@ -302,7 +310,9 @@ def resolve_settings(
     flag_values = {k: v for k, v in (overrides or {}).items() if v is not None}
     unknown = sorted(set(flag_values) - set(SETTING_KEYS))
     if unknown:
-        raise ConfigError(f"unknown settings: {', '.join(unknown)}; valid: {', '.join(SETTING_KEYS)}")
+        raise ConfigError(
+            f"unknown settings: {', '.join(unknown)}; valid: {', '.join(SETTING_KEYS)}"
+        )
 
     merged: dict[str, Any] = {}
     for layer in (file_values, env_values, flag_values):

@@ -77,11 +77,15 @@ def url_from_db_kwargs(db_kwargs: Mapping[str, Any]) -> URL:
     try:
         port = int(db_kwargs.get("postgres_port") or 5432)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"postgres_port {db_kwargs.get('postgres_port')!r} is not a number") from exc
+        raise ConfigError(
+            f"postgres_port {db_kwargs.get('postgres_port')!r} is not a number"
+        ) from exc
     return URL.create(
         "postgresql+psycopg2",
         username=str(db_kwargs["postgres_user"]),
-        password=str(db_kwargs["postgres_password"]) if db_kwargs.get("postgres_password") else None,
+        password=str(db_kwargs["postgres_password"])
+        if db_kwargs.get("postgres_password")
+        else None,
         host=str(db_kwargs.get("postgres_host") or "localhost"),
         port=port,
         database=str(db_kwargs["postgres_db"]),
@@ -130,6 +134,10 @@ def create_db_engine(db: str | URL | Mapping[str, Any], *, create_tables: bool =
         kwargs["connect_args"] = {"timeout": 30}
     else:
         kwargs["pool_pre_ping"] = True
+        if url.get_backend_name() == "postgresql" and url.get_driver_name() == "psycopg2":
+            # Batched executemany: the upsert sends pages of rows, not one round trip per row.
+            kwargs["executemany_mode"] = "values_plus_batch"
+            kwargs["executemany_batch_page_size"] = 500
         if url.get_backend_name() == "postgresql":
             kwargs["connect_args"] = {"connect_timeout": 10}
     try:
@@ -171,9 +179,13 @@ def upsert_rows(
     elif dialect == "sqlite":
         from sqlalchemy.dialects.sqlite import insert
     else:  # pragma: no cover - only the two supported backends
-        raise DatabaseError(f"database dialect {dialect!r} is not supported; use SQLite or PostgreSQL")
+        raise DatabaseError(
+            f"database dialect {dialect!r} is not supported; use SQLite or PostgreSQL"
+        )
     stmt = insert(market_table)
-    update_cols = {c.name: stmt.excluded[c.name] for c in market_table.c if c.name not in KEY_COLUMNS}
+    update_cols = {
+        c.name: stmt.excluded[c.name] for c in market_table.c if c.name not in KEY_COLUMNS
+    }
     stmt = stmt.on_conflict_do_update(index_elements=list(KEY_COLUMNS), set_=update_cols)
     for start in range(0, len(rows), chunk_size):
         chunk = rows[start : start + chunk_size]

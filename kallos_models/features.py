@@ -160,7 +160,11 @@ def compute_features(ohlcv: pd.DataFrame, groups: tuple[str, ...] | None = None)
     out = pd.DataFrame(index=ohlcv.index)
     warmup = np.zeros(len(ohlcv), dtype=bool)
     for group in selected:
-        values = _COMPUTE[group](ohlcv) if len(ohlcv) else {c: np.array([]) for c in FEATURE_GROUPS[group]}
+        values = (
+            _COMPUTE[group](ohlcv)
+            if len(ohlcv)
+            else {c: np.array([]) for c in FEATURE_GROUPS[group]}
+        )
         for name in FEATURE_GROUPS[group]:
             col = np.asarray(values[name], dtype="float64")
             col[~np.isfinite(col)] = np.nan

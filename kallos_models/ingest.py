@@ -100,11 +100,10 @@ def _looks_headerless(path: Path) -> bool:
         return False
     first = pd.read_csv(path, header=None, nrows=1, dtype=str)
     cell = str(first.iloc[0, 0]).strip() if first.shape[1] else ""
-    try:
-        float(cell)
-        return True
-    except ValueError:
+    if _norm(cell) in (BINANCE_COLUMNS[0][0], *OHLCV_TIME_NAMES):
         return False
+    # A first cell that is a time (epoch number or date text) means the first row is data.
+    return bool(parse_open_times(pd.Series([cell])).notna().iloc[0])
 
 
 def read_candles(path: str | Path, fmt: FileFormat = "auto") -> tuple[pd.DataFrame, str]:
@@ -171,7 +170,9 @@ def read_candles(path: str | Path, fmt: FileFormat = "auto") -> tuple[pd.DataFra
                 frame[c] = raw[_norm(c)]
         return frame, "ohlcv"
     seen = list(map(str, raw.columns)) if not headerless else f"{raw.shape[1]} unnamed columns"
-    raise DataError(f"{path}: columns {seen} match no known format; accepted formats: {ACCEPTED_FORMATS}")
+    raise DataError(
+        f"{path}: columns {seen} match no known format; accepted formats: {ACCEPTED_FORMATS}"
+    )
 
 
 def parse_open_times(values: pd.Series) -> pd.Series:
@@ -229,7 +230,10 @@ def validate_candles(
     prices = frame[["open", "high", "low", "close"]]
     reject(frame["open_time"].isna(), "unparseable open time")
     reject(prices.isna().any(axis=1) | frame["volume"].isna(), "unparseable price or volume")
-    reject((prices <= 0).any(axis=1), "non-positive price (zero rows are placeholders for missing bars)")
+    reject(
+        (prices <= 0).any(axis=1),
+        "non-positive price (zero rows are placeholders for missing bars)",
+    )
     reject(frame["volume"] < 0, "negative volume")
     reject(frame["high"] < prices[["open", "close"]].max(axis=1), "high below max(open, close)")
     reject(frame["low"] > prices[["open", "close"]].min(axis=1), "low above min(open, close)")
@@ -242,7 +246,10 @@ def validate_candles(
     if step <= pd.Timedelta(days=1):
         times = frame["open_time"]
         offset = (times - times.dt.normalize()) % step
-        reject(times.notna() & (offset != pd.Timedelta(0)), f"open time not on a {timeframe} bar boundary")
+        reject(
+            times.notna() & (offset != pd.Timedelta(0)),
+            f"open time not on a {timeframe} bar boundary",
+        )
 
     # Duplicates among the remaining rows.
     ok = ~frame["_line"].isin(list(reasons))
@@ -264,8 +271,11 @@ def validate_candles(
                     reasons.setdefault(int(line), "duplicated open time with different values")
 
     rejected = [
-        {"line": line, "open_time": _iso(frame.loc[frame["_line"] == line, "open_time"].iloc[0]),
-         "reason": reason}
+        {
+            "line": line,
+            "open_time": _iso(frame.loc[frame["_line"] == line, "open_time"].iloc[0]),
+            "reason": reason,
+        }
         for line, reason in sorted(reasons.items())
         if reason != "_identical_duplicate"
     ]
@@ -454,8 +464,10 @@ def _records(frame: pd.DataFrame, asset_id: str, timeframe: str) -> list[dict[st
     out = []
     warm = frame["warmup"].astype(bool).to_numpy()
     cols = list(values.columns)
-    for ts, row, w in zip(values.index, values.itertuples(index=False, name=None), warm):
-        rec = dict(zip(cols, row))
+    for ts, row, w in zip(
+        values.index, values.itertuples(index=False, name=None), warm, strict=True
+    ):
+        rec = dict(zip(cols, row, strict=True))
         rec["asset_id"] = asset_id
         rec["timeframe"] = timeframe
         rec["open_time"] = ts.to_pydatetime()

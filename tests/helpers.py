@@ -1,0 +1,73 @@
+"""Small generated market data for tests that must always run."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+BINANCE_HEADER = (
+    "Open time,Open,High,Low,Close,Volume,Close time,Quote asset volume,Number of trades,"
+    "Taker buy base asset volume,Taker buy quote asset volume,Ignore"
+)
+
+
+def make_ohlcv(
+    n: int = 300, freq: str = "1D", start: str = "2021-01-01", seed: int = 0
+) -> pd.DataFrame:
+    """Geometric Brownian motion bars with consistent OHLC, indexed by open time."""
+    rng = np.random.default_rng(seed)
+    idx = pd.date_range(start, periods=n, freq=freq, name="open_time")
+    log_ret = rng.normal(0.0005, 0.03, n)
+    close = 100.0 * np.exp(np.cumsum(log_ret))
+    open_ = np.concatenate([[100.0], close[:-1]])
+    spread = np.abs(rng.normal(0, 0.01, n)) * close
+    high = np.maximum(open_, close) + spread
+    low = np.minimum(open_, close) - spread
+    volume = rng.lognormal(8, 0.5, n)
+    return pd.DataFrame(
+        {"open": open_, "high": high, "low": low, "close": close, "volume": volume}, index=idx
+    )
+
+
+def write_binance_csv(
+    frame: pd.DataFrame, path: Path, *, header: bool = True, time_as: str = "text"
+) -> Path:
+    """Write bars as a Binance 12-column kline file.
+
+    ``time_as``: ``text`` (``2021-01-01 00:00:00.000000 UTC``), ``ms`` or ``us`` epochs.
+    """
+    step = frame.index[1] - frame.index[0]
+    if time_as == "text":
+        open_t = [t.strftime("%Y-%m-%d %H:%M:%S.%f") + " UTC" for t in frame.index]
+        close_t = [
+            (t + step - pd.Timedelta("1ms")).strftime("%Y-%m-%d %H:%M:%S.%f") + " UTC"
+            for t in frame.index
+        ]
+    else:
+        mult = 1_000 if time_as == "ms" else 1_000_000
+        open_t = [str(int(t.value // 1_000_000_000 * mult)) for t in frame.index]
+        close_t = [str(int((t + step).value // 1_000_000_000 * mult) - 1) for t in frame.index]
+    lines = [BINANCE_HEADER] if header else []
+    for i, (o, h, lo, c, v) in enumerate(
+        frame[["open", "high", "low", "close", "volume"]].itertuples(index=False)
+    ):
+        o, h, lo, c, v = (float(x) for x in (o, h, lo, c, v))
+        qv = v * c
+        trades = 100 + int(frame.index[i].value // 3_600_000_000_000) % 1000  # stable per bar
+        lines.append(
+            f"{open_t[i]},{o!r},{h!r},{lo!r},{c!r},{v!r},{close_t[i]},{qv!r},{trades},"
+            f"{v / 2!r},{qv / 2!r},0"
+        )
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def write_ohlcv_csv(frame: pd.DataFrame, path: Path, *, descending: bool = False) -> Path:
+    out = frame.reset_index().rename(columns={"open_time": "timestamp"})
+    out["timestamp"] = out["timestamp"].dt.strftime("%Y-%m-%d %H:%M:%S")
+    if descending:
+        out = out.iloc[::-1]
+    out.to_csv(path, index=False)
+    return path
