@@ -19,14 +19,14 @@ import inspect
 import logging
 import math
 import numbers
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import cache
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Literal
 
-from kallos_models.errors import ConfigError, ModelError
+from kallos_models.config import timeframe_to_timedelta
+from kallos_models.errors import ModelError
 
 if TYPE_CHECKING:
     import optuna
@@ -66,14 +66,6 @@ LOOKBACK_MIN_BARS = 8
 #: Largest lookback, in bars, on any timeframe.
 LOOKBACK_MAX_BARS = 512
 
-_TIMEFRAME_RE = re.compile(r"^([1-9][0-9]*)([mhdw])$")
-_MINUTES_PER_UNIT = {"m": 1, "h": 60, "d": 1440, "w": 10080}
-_TIMEFRAME_FORMS = (
-    "<number><unit> with unit m (minutes), h (hours), d (days) or w (weeks), "
-    "e.g. 15m, 1h, 2h, 4h, 1d, 1w"
-)
-
-
 def bars_per_day(timeframe: str) -> float:
     """Number of bars of ``timeframe`` in one day.
 
@@ -94,11 +86,7 @@ def bars_per_day(timeframe: str) -> float:
     ConfigError
         If ``timeframe`` is not of the accepted form; the message names the accepted forms.
     """
-    match = _TIMEFRAME_RE.match(timeframe) if isinstance(timeframe, str) else None
-    if match is None:
-        raise ConfigError(f"timeframe {timeframe!r} is not understood; use {_TIMEFRAME_FORMS}")
-    minutes = int(match.group(1)) * _MINUTES_PER_UNIT[match.group(2)]
-    return 1440 / minutes
+    return 86400.0 / timeframe_to_timedelta(timeframe).total_seconds()
 
 
 def _round_half_up(value: float) -> int:
