@@ -348,7 +348,7 @@ def timeframe_to_timedelta(timeframe: str) -> pd.Timedelta:
         The string is not ``<number><m|h|d|w>``.
     """
     text = str(timeframe).strip()
-    unit = text[-1:].lower()
+    unit = text[-1:]  # case-sensitive: Binance writes 1M for a month, 1m for a minute
     count = text[:-1]
     if unit not in _TIMEFRAME_UNITS or not count.isdigit() or int(count) < 1:
         raise ConfigError(
