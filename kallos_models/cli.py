@@ -121,9 +121,22 @@ def cli(ctx: click.Context, config_path: Path | None, verbose: int, quiet: bool)
 @click.option(
     "--file",
     "file_path",
-    required=True,
+    default=None,
     type=click.Path(path_type=Path),
     help="CSV (optionally zipped) or Parquet file of candles.",
+)
+@click.option(
+    "--binance",
+    "symbol",
+    default=None,
+    metavar="SYMBOL",
+    help="Download Binance's monthly spot archive for SYMBOL (e.g. BTCUSDT) instead of --file.",
+)
+@click.option(
+    "--start", default=None, metavar="YYYY-MM", help="First archive month [default: 2017-08]."
+)
+@click.option(
+    "--end", default=None, metavar="YYYY-MM", help="Last archive month [default: last full month]."
 )
 @click.option(
     "--format",
@@ -138,33 +151,76 @@ def cli(ctx: click.Context, config_path: Path | None, verbose: int, quiet: bool)
 )
 @db_option
 @click.pass_context
-def ingest(ctx: click.Context, asset_id, timeframe, file_path, fmt, skip_invalid, db_url) -> None:
-    """Load a candle file into the database, with its indicators.
+def ingest(
+    ctx: click.Context,
+    asset_id,
+    timeframe,
+    file_path,
+    symbol,
+    start,
+    end,
+    fmt,
+    skip_invalid,
+    db_url,
+) -> None:
+    """Load candles into the database, with their indicators.
 
-    Validates every row, upserts the valid ones in one transaction and prints a JSON summary.
+    From a file, or from Binance's public monthly archive (checksums verified, cached,
+    resumable). Validates every row, upserts the valid ones in one transaction and prints a
+    JSON summary.
 
     \b
     Example:
       kallos-run ingest --asset-id BTC --timeframe 4h --file BTCUSDT_4h.csv --skip-invalid
+      kallos-run ingest --asset-id BTC --timeframe 1d --binance BTCUSDT --start 2018-01
     """
     from kallos_models import db
     from kallos_models import ingest as ingest_mod
 
+    if (file_path is None) == (symbol is None):
+        raise click.UsageError("give exactly one of --file PATH or --binance SYMBOL")
+    if symbol is None and (start or end):
+        raise click.UsageError("--start and --end go with --binance")
     s = _settings(ctx, asset_id=asset_id, timeframe=timeframe, db_url=db_url)
     asset = _require(s.asset_id, "--asset-id", "asset_id")
     engine = db.create_db_engine(s.db_url or s.db_kwargs)
-    summary = ingest_mod.ingest_file(
+    if file_path is not None:
+        summary = ingest_mod.ingest_file(
+            engine,
+            asset,
+            s.timeframe,
+            file_path,
+            fmt=fmt,
+            skip_invalid=skip_invalid,
+            progress=_progress(ctx),
+        )
+        for warning in summary.warnings:
+            logger.warning(warning)
+        _echo_json(summary.as_dict())
+        return
+    from kallos_models import binance_archive
+
+    result = binance_archive.ingest_binance_archive(
         engine,
         asset,
+        symbol,
         s.timeframe,
-        file_path,
-        fmt=fmt,
+        start=start or "2017-08",
+        end=end,
+        base_url=s.binance_archive_url,
+        cache_dir=s.binance_cache_dir,
         skip_invalid=skip_invalid,
         progress=_progress(ctx),
     )
-    for warning in summary.warnings:
+    for warning in result.ingest.warnings if result.ingest else []:
         logger.warning(warning)
-    _echo_json(summary.as_dict())
+    _echo_json(result.as_dict())
+    if result.months_refused:
+        months = ", ".join(result.months_refused)
+        raise click.ClickException(
+            f"archive months {months} failed their checksum and were not ingested (the other "
+            f"{len(result.months_used)} months were); run the same command again to retry them"
+        )
 
 
 def _progress(ctx: click.Context) -> Callable[[int, int], None]:
@@ -209,6 +265,330 @@ def assets(ctx: click.Context, db_url, as_json) -> None:
     )
     for r in rows:
         click.echo(line.format(**r))
+
+
+def model_option(func: Callable) -> Callable:
+    """`--model-name`, read the same by every command."""
+    return click.option(
+        "--model-name",
+        default=None,
+        metavar="NAME",
+        help="Model from `kallos-run models` [default: gru].",
+    )(func)
+
+
+def output_option(default_text: str) -> Callable[[Callable], Callable]:
+    def decorate(func: Callable) -> Callable:
+        return click.option(
+            "--output-path",
+            default=None,
+            metavar="DIR",
+            help=f"Directory for the files written [default: {default_text}].",
+        )(func)
+
+    return decorate
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@click.option(
+    "--timeframe",
+    default=None,
+    metavar="TF",
+    help="Timeframe for the lookback ranges [default: 1d].",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects.")
+@click.pass_context
+def models(ctx: click.Context, timeframe, as_json) -> None:
+    """List the registered models and their tunable parameters.
+
+    \b
+    Example:
+      kallos-run models --json
+    """
+    from kallos_models import architectures
+
+    s = _settings(ctx, timeframe=timeframe)
+    rows = architectures.list_models(s.timeframe)
+    if as_json:
+        _echo_json(rows)
+        return
+    for row in rows:
+        click.echo(f"{row['name']:<12} {row['darts_class']}  {row['description']}")
+        for param, space in row["tunable"].items():
+            click.echo(f"    {param:<22} {space}")
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@model_option
+@asset_options
+@click.option(
+    "--end-date", default=None, metavar="DATE", help="Last day of training data (YYYY-MM-DD)."
+)
+@click.option(
+    "--start-date", default=None, metavar="DATE", help="First day of training data [default: all]."
+)
+@click.option(
+    "--params-file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSON hyperparameters, or the file `kallos-run tune` writes.",
+)
+@output_option("./trained_models")
+@db_option
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
+@click.option("--seed", type=int, default=None, help="Random seed [default: 42].")
+@click.option(
+    "--accelerator", default=None, help="Lightning accelerator: auto, cpu, gpu [default: auto]."
+)
+@click.option("--devices", default=None, help="Lightning devices, e.g. 1 or auto [default: auto].")
+@click.option("--precision", default=None, help="Lightning precision, e.g. 32-true or bf16-mixed.")
+@click.pass_context
+def train(
+    ctx: click.Context,
+    model_name,
+    asset_id,
+    timeframe,
+    end_date,
+    start_date,
+    params_file,
+    output_path,
+    db_url,
+    overwrite,
+    seed,
+    accelerator,
+    devices,
+    precision,
+) -> None:
+    """Train the final model on all data up to the end date and write its bundle.
+
+    Prints the bundle's paths as JSON.
+
+    \b
+    Example:
+      kallos-run train --model-name gru --asset-id BTC --end-date 2024-06-30 \\
+          --params-file gru_BTC_best_params.json
+    """
+    from kallos_models import trainer
+
+    s = _settings(
+        ctx,
+        model_name=model_name,
+        asset_id=asset_id,
+        timeframe=timeframe,
+        train_end_date=end_date,
+        start_date=start_date,
+        output_path=output_path,
+        db_url=db_url,
+        seed=seed,
+        accelerator=accelerator,
+        devices=devices,
+        precision=precision,
+    )
+    _require(s.asset_id, "--asset-id", "asset_id")
+    _require(s.train_end_date, "--end-date", "train_end_date")
+    result = trainer.train_model(
+        s, params_file, overwrite=overwrite, show_progress=ctx.obj["verbose"] > 0
+    )
+    _echo_json(result.as_dict())
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@model_option
+@click.option("--asset-id", default=None, metavar="ID", help="Asset identifier, e.g. BTC.")
+@click.option(
+    "--model-path",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The bundle's .pt file.",
+)
+@click.option(
+    "--scaler-path",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The bundle's _scaler.pkl [default: the one its manifest names].",
+)
+@click.option(
+    "--test-start-date", default=None, metavar="DATE", help="First day of the hold-out window."
+)
+@click.option(
+    "--test-end-date", default=None, metavar="DATE", help="Last day of the hold-out window."
+)
+@output_option("./evaluation_results")
+@click.option(
+    "--horizon",
+    type=int,
+    default=None,
+    help="Bars ahead, at most output_chunk_length [default: 1].",
+)
+@db_option
+@click.pass_context
+def evaluate(
+    ctx: click.Context,
+    model_name,
+    asset_id,
+    model_path,
+    scaler_path,
+    test_start_date,
+    test_end_date,
+    output_path,
+    horizon,
+    db_url,
+) -> None:
+    """Judge a trained bundle on a hold-out window against a naive forecast.
+
+    Writes {asset}_evaluation_metrics.json and {asset}_evaluation_plot.png; prints the metrics.
+
+    \b
+    Example:
+      kallos-run evaluate --model-name gru --asset-id BTC \\
+          --model-path trained_models/gru_BTC.pt --scaler-path trained_models/gru_BTC_scaler.pkl \\
+          --test-start-date 2024-07-01 --test-end-date 2025-07-04
+    """
+    from kallos_models import evaluation
+
+    s = _settings(
+        ctx,
+        model_name=model_name,
+        asset_id=asset_id,
+        test_start_date=test_start_date,
+        test_end_date=test_end_date,
+        output_path=output_path,
+        horizon=horizon,
+        db_url=db_url,
+    )
+    _require(s.asset_id, "--asset-id", "asset_id")
+    result = evaluation.evaluate_model(
+        s, model_path=model_path, scaler_path=scaler_path, horizon=horizon
+    )
+    logger.info("metrics: %s; plot: %s", result.metrics_path, result.plot_path)
+    _echo_json(result.metrics)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@model_option
+@asset_options
+@click.option("--end-date", default=None, metavar="DATE", help="Last day of data used for tuning.")
+@click.option(
+    "--start-date", default=None, metavar="DATE", help="First day of data [default: all]."
+)
+@db_option
+@click.option(
+    "--n-trials",
+    type=int,
+    default=None,
+    help="Finished trials the study should reach [default: 20].",
+)
+@click.option("--study-name", default=None, help="[default: {model}_{asset}_{timeframe}]")
+@click.option("--optuna-schema", default=None, help="PostgreSQL schema for Optuna's tables.")
+@click.option(
+    "--storage-url",
+    default=None,
+    metavar="URL",
+    help="Optuna storage [default: the --db-url database].",
+)
+@click.option(
+    "--workers", type=int, default=None, help="Worker processes on this machine [default: 1]."
+)
+@click.option("--max-epochs", type=int, default=None, help="Epoch cap per fold [default: 100].")
+@click.option(
+    "--metric",
+    type=click.Choice(["rmse", "mae", "mape", "smape", "rmse_rel_naive"]),
+    default=None,
+    help="Fold score, averaged over folds [default: rmse].",
+)
+@click.option("--timeout", type=float, default=None, help="Stop starting trials after SEC seconds.")
+@output_option(".")
+@click.option("--seed", type=int, default=None, help="Sampler seed [default: 42].")
+@click.pass_context
+def tune(
+    ctx: click.Context,
+    model_name,
+    asset_id,
+    timeframe,
+    end_date,
+    start_date,
+    db_url,
+    n_trials,
+    study_name,
+    optuna_schema,
+    storage_url,
+    workers,
+    max_epochs,
+    metric,
+    timeout,
+    output_path,
+    seed,
+) -> None:
+    """Search hyperparameters with Optuna over walk-forward cross-validation.
+
+    Resumes the stored study; writes {model}_{asset}_best_params.json and report plots.
+
+    \b
+    Example:
+      kallos-run tune --model-name gru --asset-id BTC --end-date 2023-12-31 --n-trials 20
+    """
+    from kallos_models import tuner
+
+    s = _settings(
+        ctx,
+        model_name=model_name,
+        asset_id=asset_id,
+        timeframe=timeframe,
+        tune_end_date=end_date,
+        start_date=start_date,
+        db_url=db_url,
+        n_trials=n_trials,
+        study_name=study_name,
+        optuna_schema=optuna_schema,
+        storage_url=storage_url,
+        workers=workers,
+        max_epochs=max_epochs,
+        metric=metric,
+        timeout=timeout,
+        output_path=output_path,
+        seed=seed,
+    )
+    _require(s.asset_id, "--asset-id", "asset_id")
+    _require(s.tune_end_date, "--end-date", "tune_end_date")
+    try:
+        result = tuner.tune(s, show_progress=ctx.obj["verbose"] > 0)
+    except KeyboardInterrupt:
+        click.echo(
+            "Interrupted: the running trial was marked failed; run the same command to resume.",
+            err=True,
+        )
+        ctx.exit(130)
+    _echo_json(result.summary)
+
+
+@cli.command(context_settings=CONTEXT_SETTINGS)
+@db_option
+@click.option(
+    "--storage-url",
+    default=None,
+    metavar="URL",
+    help="Optuna storage [default: the --db-url database].",
+)
+@click.option("--optuna-schema", default=None, help="PostgreSQL schema holding Optuna's tables.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects.")
+@click.pass_context
+def studies(ctx: click.Context, db_url, storage_url, optuna_schema, as_json) -> None:
+    """List the Optuna studies in a storage with trial counts and best values.
+
+    \b
+    Example:
+      kallos-run studies --db-url postgresql://kallos@db/kallos --optuna-schema optuna --json
+    """
+    from kallos_models import tuner
+
+    s = _settings(ctx, db_url=db_url, storage_url=storage_url, optuna_schema=optuna_schema)
+    rows = tuner.list_studies(tuner.storage_url_for(s), s.optuna_schema)
+    if as_json:
+        _echo_json(rows)
+        return
+    for row in rows:
+        counts = ", ".join(f"{k.lower()} {v}" for k, v in row["trials"].items())
+        click.echo(f"{row['name']}: best {row['best_value']} ({counts})")
 
 
 def main() -> None:

@@ -97,6 +97,7 @@ class Settings:
     grace_period: int = 120
     # ingest
     binance_archive_url: str = "https://data.binance.vision"
+    binance_cache_dir: str | None = None
 
     def replace(self, **changes: Any) -> Settings:
         """Return a copy with ``changes`` applied (validated like any other source)."""

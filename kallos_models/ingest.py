@@ -306,7 +306,7 @@ def find_gaps(index: pd.DatetimeIndex, timeframe: str) -> dict[str, Any]:
     }
 
 
-def _check_bar_size(valid: pd.DataFrame, timeframe: str, path: Path) -> None:
+def _check_bar_size(valid: pd.DataFrame, timeframe: str, path: str) -> None:
     if len(valid) < 3:
         return
     step = timeframe_to_timedelta(timeframe)
@@ -367,11 +367,43 @@ def ingest_file(
         timeframe, or no valid row. Nothing is written then.
     """
     path = Path(path)
+    raw, fmt_name = read_candles(path, fmt)
+    first_line = 1 if _looks_headerless(path) else 2
+    return ingest_frame(
+        engine,
+        asset_id,
+        timeframe,
+        raw,
+        source=str(path),
+        fmt_name=fmt_name,
+        first_line=first_line,
+        skip_invalid=skip_invalid,
+        progress=progress,
+    )
+
+
+def ingest_frame(
+    engine: Engine,
+    asset_id: str,
+    timeframe: str,
+    raw: pd.DataFrame,
+    *,
+    source: str,
+    fmt_name: str,
+    first_line: int = 2,
+    skip_invalid: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> IngestSummary:
+    """Validate raw candle rows (as :func:`read_candles` returns them) and upsert them.
+
+    The shared path behind :func:`ingest_file` and the Binance archive download; parameters
+    and errors as for :func:`ingest_file`, with ``source`` naming the input in messages and
+    ``first_line`` the line number of the first row.
+    """
+    path = source
     if not str(asset_id).strip():
         raise DataError("asset id is empty; pass --asset-id, e.g. --asset-id BTC")
     timeframe_to_timedelta(timeframe)
-    raw, fmt_name = read_candles(path, fmt)
-    first_line = 1 if _looks_headerless(path) else 2
     valid, rejected, duplicates = validate_candles(raw, timeframe, first_line=first_line)
     reason_counts = dict(Counter(r["reason"] for r in rejected))
     if rejected and not skip_invalid:
@@ -434,7 +466,7 @@ def ingest_file(
     if rejected:
         warnings.append(f"{len(rejected)} invalid rows skipped (--skip-invalid)")
     return IngestSummary(
-        file=str(path),
+        file=source,
         format=fmt_name,
         asset_id=asset_id,
         timeframe=timeframe,

@@ -62,12 +62,19 @@ def test_ingest_then_assets_json(tmp_path: Path, db_url: str) -> None:
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout)
     assert summary["inserted"] == 80 and summary["rejected"] == 0
-    again = json.loads(run("ingest", "--asset-id", "BTC", "--file", str(path), "--db-url", db_url).stdout)
+    again = json.loads(
+        run("ingest", "--asset-id", "BTC", "--file", str(path), "--db-url", db_url).stdout
+    )
     assert (again["inserted"], again["updated"], again["rows_written"]) == (0, 0, 0)
     listed = json.loads(run("assets", "--json", "--db-url", db_url).stdout)
     assert listed == [
-        {"asset_id": "BTC", "timeframe": "1d", "rows": 80, "first": "2021-01-01T00:00:00",
-         "last": "2021-03-21T00:00:00"}
+        {
+            "asset_id": "BTC",
+            "timeframe": "1d",
+            "rows": 80,
+            "first": "2021-01-01T00:00:00",
+            "last": "2021-03-21T00:00:00",
+        }
     ]
     table = run("assets", "--db-url", db_url)
     assert "BTC" in table.stdout and "80" in table.stdout
@@ -80,7 +87,9 @@ def test_default_database_is_sqlite_in_working_directory(tmp_path: Path) -> None
     assert json.loads(run("assets", "--json").stdout)[0]["rows"] == 30
 
 
-def test_config_file_and_env_supply_defaults(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_config_file_and_env_supply_defaults(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     path = write_binance_csv(make_ohlcv(30, freq="4h"), tmp_path / "k.csv")
     cfg = tmp_path / "my.json"
     cfg.write_text(json.dumps({"asset_id": "ETH", "timeframe": "4h"}))
@@ -91,7 +100,9 @@ def test_config_file_and_env_supply_defaults(tmp_path: Path, monkeypatch: pytest
 
 
 def test_error_missing_file(tmp_path: Path) -> None:
-    assert_error(run("ingest", "--asset-id", "BTC", "--file", str(tmp_path / "nope.csv")), "does not exist")
+    assert_error(
+        run("ingest", "--asset-id", "BTC", "--file", str(tmp_path / "nope.csv")), "does not exist"
+    )
 
 
 def test_error_unknown_columns(tmp_path: Path) -> None:
@@ -123,7 +134,9 @@ def test_error_unreachable_database_masks_password(tmp_path: Path) -> None:
 
 
 def test_error_missing_database(pg_url: str) -> None:
-    url = pg_url.rsplit("/", 1)[0].replace("postgres@", "postgres:topsecret@") + "/no_such_db_kallos"
+    url = (
+        pg_url.rsplit("/", 1)[0].replace("postgres@", "postgres:topsecret@") + "/no_such_db_kallos"
+    )
     result = run("assets", "--db-url", url)
     assert_error(result, "no_such_db_kallos")
     assert "topsecret" not in result.output

@@ -47,7 +47,9 @@ def test_long_gap_is_an_error_naming_it(gappy_db: str) -> None:
     # allowed when the user raises the limit, or starts after it
     full = datasets.load_features_from_db("BTC", None, gappy_db, timeframe="4h", max_gap_bars=20)
     assert len(full) == 140 - 49 and full["filled"].sum() == 3 + 20  # grid minus SMA-50 warm-up
-    after = datasets.load_features_from_db("BTC", None, gappy_db, timeframe="4h", start_date=bars.index[110])
+    after = datasets.load_features_from_db(
+        "BTC", None, gappy_db, timeframe="4h", start_date=bars.index[110]
+    )
     # indicators run over the stored bars, so rows after the gap are not warm-up rows
     assert after.index[0] == bars.index[110] and len(after) == 30
 

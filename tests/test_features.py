@@ -23,9 +23,7 @@ def test_values_match_talib_and_definitions() -> None:
     feats = compute_features(bars)
     c = bars["close"].to_numpy()
     np.testing.assert_allclose(feats["rsi"], talib.RSI(c, 14), equal_nan=True)
-    np.testing.assert_allclose(
-        feats["macd_diff"], talib.MACD(c, 12, 26, 9)[2], equal_nan=True
-    )
+    np.testing.assert_allclose(feats["macd_diff"], talib.MACD(c, 12, 26, 9)[2], equal_nan=True)
     np.testing.assert_allclose(feats["log_return"].iloc[1:], np.diff(np.log(c)))
     atr = talib.ATR(bars["high"].to_numpy(), bars["low"].to_numpy(), c, 14)
     np.testing.assert_allclose(feats["atr_rel"], atr / c, equal_nan=True)

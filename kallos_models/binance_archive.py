@@ -1,0 +1,300 @@
+"""Download Binance's public monthly spot kline archives, verified, cached and resumable.
+
+Layout (``base`` is the ``binance_archive_url`` setting, default https://data.binance.vision)::
+
+    <base>/data/spot/monthly/klines/<SYMBOL>/<interval>/<SYMBOL>-<interval>-<YYYY-MM>.zip
+    <base>/data/spot/monthly/klines/<SYMBOL>/<interval>/<SYMBOL>-<interval>-<YYYY-MM>.zip.CHECKSUM
+
+Each zip is downloaded to ``<name>.part`` (continued with an HTTP Range request after an
+interruption), its SHA-256 checked against the ``.CHECKSUM`` file, and only then renamed into
+the cache. A cached zip is checked again before use. Open times in the archive are epoch
+milliseconds until 2024 and microseconds from 2025; :func:`kallos_models.ingest.parse_open_times`
+tells them apart per value.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import logging
+import os
+import re
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from sqlalchemy.engine import Engine
+
+from kallos_models.errors import ConfigError, DataError
+from kallos_models.ingest import BINANCE_COLUMNS, IngestSummary, ingest_frame
+
+logger = logging.getLogger(__name__)
+
+_MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+_SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
+CHUNK = 1 << 16
+TIMEOUT_S = 60
+RETRIES = 3
+
+
+@dataclass(frozen=True)
+class ArchiveResult:
+    """What an archive ingest did: the months used, missing and refused, and the ingest."""
+
+    symbol: str
+    interval: str
+    months_used: list[str]
+    months_missing: list[str]
+    months_refused: dict[str, str]
+    downloaded: list[str]
+    from_cache: list[str]
+    ingest: IngestSummary | None
+    notes: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "symbol": self.symbol,
+            "interval": self.interval,
+            "months_used": self.months_used,
+            "months_missing": self.months_missing,
+            "months_refused": self.months_refused,
+            "downloaded": self.downloaded,
+            "from_cache": self.from_cache,
+            "ingest": None if self.ingest is None else self.ingest.as_dict(),
+        }
+
+
+def month_range(start: str, end: str | None) -> list[str]:
+    """Months ``YYYY-MM`` from start to end inclusive; end defaults to the last full month."""
+    for name, value in (("--start", start), ("--end", end)):
+        if value is not None and not _MONTH_RE.match(value):
+            raise ConfigError(f"{name} {value!r} is not a month; write it as YYYY-MM, e.g. 2018-01")
+    last = end or (pd.Timestamp.now(tz="UTC").tz_localize(None).to_period("M") - 1).strftime(
+        "%Y-%m"
+    )
+    periods = pd.period_range(start, last, freq="M")
+    if len(periods) == 0:
+        raise ConfigError(f"--start {start} is after --end {last}; swap them")
+    return [p.strftime("%Y-%m") for p in periods]
+
+
+def archive_url(base: str, symbol: str, interval: str, month: str) -> str:
+    name = f"{symbol}-{interval}-{month}.zip"
+    return f"{base.rstrip('/')}/data/spot/monthly/klines/{symbol}/{interval}/{name}"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(CHUNK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _get(url: str, headers: dict[str, str] | None = None):
+    request = urllib.request.Request(
+        url, headers={"User-Agent": "kallos-models", **(headers or {})}
+    )
+    return urllib.request.urlopen(request, timeout=TIMEOUT_S)  # noqa: S310 - URL is a setting
+
+
+def _fetch_checksum(url: str) -> str | None:
+    """The expected SHA-256 from ``<url>.CHECKSUM``; None when the month does not exist."""
+    try:
+        with _get(url + ".CHECKSUM") as resp:
+            text = resp.read().decode("ascii", "replace").strip()
+    except urllib.error.HTTPError as exc:
+        if exc.code == 404:
+            return None
+        raise
+    digest = text.split()[0].lower() if text else ""
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise DataError(f"{url}.CHECKSUM does not hold a SHA-256 digest: {text[:80]!r}")
+    return digest
+
+
+def _download(url: str, part: Path) -> None:
+    """Download ``url`` into ``part``, continuing a partial file with a Range request."""
+    have = part.stat().st_size if part.exists() else 0
+    headers = {"Range": f"bytes={have}-"} if have else {}
+    try:
+        resp = _get(url, headers)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416:  # the partial file is already complete
+            return
+        raise
+    with resp:
+        append = have and resp.status == 206
+        if have and not append:
+            logger.info("server ignored the Range request; downloading %s again", url)
+        expected = int(resp.headers.get("Content-Length") or -1)
+        received = 0
+        with part.open("ab" if append else "wb") as fh:
+            while True:
+                block = resp.read(CHUNK)
+                if not block:
+                    break
+                fh.write(block)
+                received += len(block)
+        if 0 <= received < expected:
+            raise ConnectionError(f"connection closed after {received} of {expected} bytes")
+
+
+def fetch_month(
+    base: str, symbol: str, interval: str, month: str, cache_dir: Path
+) -> tuple[Path | None, str]:
+    """Make one month's verified zip available in the cache.
+
+    Returns ``(path, how)`` with how one of ``cache``, ``downloaded``, ``missing`` (no such
+    archive: path None). Raises DataError when the download does not match its checksum.
+    """
+    url = archive_url(base, symbol, interval, month)
+    target = cache_dir / f"{symbol}-{interval}-{month}.zip"
+    checksum_file = target.with_name(target.name + ".CHECKSUM")
+    if target.exists() and checksum_file.exists():
+        if _sha256(target) == checksum_file.read_text().split()[0]:
+            return target, "cache"
+        logger.warning("cached %s does not match its checksum; downloading it again", target.name)
+        target.unlink()
+    expected = _fetch_checksum(url)
+    if expected is None:
+        return None, "missing"
+    part = target.with_name(target.name + ".part")
+    for attempt in range(1, RETRIES + 1):
+        try:
+            _download(url, part)
+            break
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None, "missing"
+            raise
+        except (http.client.HTTPException, ConnectionError, TimeoutError) as exc:
+            # Interrupted: the bytes received so far stay in .part and the next try resumes.
+            logger.warning("download of %s interrupted (%s); resuming (try %d)", url, exc, attempt)
+            if attempt == RETRIES:
+                raise DataError(
+                    f"download of {url} was interrupted {RETRIES} times; run the command again "
+                    "to resume from the bytes already received"
+                ) from None
+    actual = _sha256(part)
+    if actual != expected:
+        part.unlink()
+        raise DataError(
+            f"{target.name}: SHA-256 {actual[:16]}... does not match its CHECKSUM "
+            f"{expected[:16]}...; "
+            "the download is corrupt and was discarded; run the command again to retry"
+        )
+    checksum_file.write_text(f"{expected}  {target.name}\n")
+    os.replace(part, target)
+    return target, "downloaded"
+
+
+def read_archive_zip(path: Path) -> pd.DataFrame:
+    """Read one monthly archive (12 kline columns, no header) into raw ingest columns."""
+    raw = pd.read_csv(path, header=None, dtype=str, compression="zip")
+    if raw.shape[1] != len(BINANCE_COLUMNS):
+        raise DataError(f"{path.name} has {raw.shape[1]} columns, expected the 12 kline columns")
+    if not raw.empty and not str(raw.iloc[0, 0]).strip().isdigit():  # a header row
+        raw = raw.iloc[1:]
+    raw.columns = [n for n, _ in BINANCE_COLUMNS]
+    return pd.DataFrame({ours: raw[theirs] for theirs, ours in BINANCE_COLUMNS if ours})
+
+
+def ingest_binance_archive(
+    engine: Engine,
+    asset_id: str,
+    symbol: str,
+    interval: str,
+    *,
+    start: str = "2017-08",
+    end: str | None = None,
+    base_url: str = "https://data.binance.vision",
+    cache_dir: str | Path | None = None,
+    skip_invalid: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> ArchiveResult:
+    """Download, verify and ingest Binance monthly klines for ``symbol`` and ``interval``.
+
+    Parameters
+    ----------
+    engine
+        Database engine.
+    asset_id
+        Asset identifier to store, e.g. ``BTC``.
+    symbol
+        Binance symbol, e.g. ``BTCUSDT``.
+    interval
+        Binance interval, the same string as the timeframe (``1d``, ``4h``, ...).
+    start, end
+        Months ``YYYY-MM``; default from 2017-08 to the last full month.
+    base_url
+        Archive root; default Binance's public archive.
+    cache_dir
+        Where verified zips are kept; default ``~/.cache/kallos-models/binance``.
+    skip_invalid
+        As for file ingest.
+    progress
+        As for file ingest.
+
+    Returns
+    -------
+    ArchiveResult
+        Months used, missing (no archive: before the listing, or not published) and refused
+        (checksum mismatch). Valid months are ingested even when another month is refused;
+        the caller reports the refusal (the CLI exits 1).
+    """
+    if not _SYMBOL_RE.match(symbol):
+        raise ConfigError(f"--binance {symbol!r} is not a Binance symbol; write it like BTCUSDT")
+    months = month_range(start, end)
+    cache = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "kallos-models" / "binance"
+    cache = cache / symbol / interval
+    cache.mkdir(parents=True, exist_ok=True)
+    used: list[str] = []
+    missing: list[str] = []
+    refused: dict[str, str] = {}
+    downloaded: list[str] = []
+    cached: list[str] = []
+    frames: list[pd.DataFrame] = []
+    for month in months:
+        try:
+            path, how = fetch_month(base_url, symbol, interval, month, cache)
+        except DataError as exc:
+            refused[month] = str(exc)
+            logger.error("%s", exc)
+            continue
+        except (urllib.error.URLError, OSError) as exc:
+            raise DataError(
+                f"cannot download {archive_url(base_url, symbol, interval, month)}: {exc}; check "
+                "the network or the binance_archive_url setting, then run again (finished months "
+                "are cached)"
+            ) from None
+        if path is None:
+            missing.append(month)
+            continue
+        (downloaded if how == "downloaded" else cached).append(month)
+        frames.append(read_archive_zip(path))
+        used.append(month)
+        logger.info("%s %s %s: %s", symbol, interval, month, how)
+    if not frames:
+        raise DataError(
+            f"no archive month of {symbol} {interval} between {months[0]} and {months[-1]} "
+            f"could be used (missing: {len(missing)}, refused: {len(refused)}); "
+            "check the symbol and interval"
+        )
+    raw = pd.concat(frames, ignore_index=True)
+    summary = ingest_frame(
+        engine,
+        asset_id,
+        interval,
+        raw,
+        source=f"binance archive {symbol} {interval} {used[0]}..{used[-1]}",
+        fmt_name="binance",
+        first_line=1,
+        skip_invalid=skip_invalid,
+        progress=progress,
+    )
+    return ArchiveResult(symbol, interval, used, missing, refused, downloaded, cached, summary)
