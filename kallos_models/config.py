@@ -265,6 +265,9 @@ def _env_values(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, Any]]
         if var in env and env[var] != "":
             values[key] = env[var]
     pg = {k: env[k.upper()] for k in DB_KWARGS_KEYS if env.get(k.upper())}
+    if not (pg.get("postgres_user") and pg.get("postgres_db")):
+        # A stray POSTGRES_HOST (or a partial set) does not name a database: ignore it.
+        pg = {}
     return values, pg
 
 
@@ -316,8 +319,14 @@ def resolve_settings(
         )
 
     merged: dict[str, Any] = {}
-    for layer in (file_values, env_values, flag_values):
-        merged.update({k: v for k, v in layer.items() if k not in ("db_url", "db_kwargs")})
+    for layer, label in (
+        (file_values, str(cfg_file)),
+        (env_values, "the environment"),
+        (flag_values, "the arguments"),
+    ):
+        merged.update(
+            {k: _coerce(k, v, label) for k, v in layer.items() if k not in ("db_url", "db_kwargs")}
+        )
 
     # The database comes from the highest layer that names one, as a URL or as db_kwargs.
     for layer, pg, label in (

@@ -7,7 +7,6 @@ The same code runs on SQLite (the embedded default) and PostgreSQL.
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -50,13 +49,21 @@ market_table = sa.Table(
 
 
 def mask_url(url: str | URL) -> str:
-    """Return ``url`` as text with any password replaced by ``***``."""
+    """Return ``url`` as text with any password replaced by ``***``.
+
+    Text URLs are split at the last ``@``, so a password holding an unescaped ``@`` is still
+    hidden whole.
+    """
     if isinstance(url, URL):
         return url.render_as_string(hide_password=True)
-    try:
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:  # not a URL SQLAlchemy can parse: mask anything that looks like one
-        return re.sub(r"(://[^:/@]+:)[^@]*@", r"\1***@", str(url))
+    text = str(url)
+    if "://" not in text or "@" not in text:
+        return text
+    scheme, rest = text.split("://", 1)
+    credentials, host = rest.rsplit("@", 1)
+    if ":" not in credentials:
+        return text
+    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
 
 
 def url_from_db_kwargs(db_kwargs: Mapping[str, Any]) -> URL:
@@ -150,13 +157,21 @@ def create_db_engine(db: str | URL | Mapping[str, Any], *, create_tables: bool =
         if create_tables:
             metadata.create_all(engine, checkfirst=True)
     except sa.exc.OperationalError as exc:
-        detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-        detail = detail.replace(url.password or "\0", "***") if url.password else detail
         raise DatabaseError(
-            f"cannot connect to database {mask_url(url)}: {detail}; check --db-url "
+            f"cannot connect to database {mask_url(url)}: {_detail(exc, url)}; check --db-url "
             "(or KALLOS_DB_URL / db_kwargs) and that the server is running"
         ) from None
+    except sa.exc.DBAPIError as exc:  # connected, but e.g. no right to create the tables
+        raise DatabaseError(
+            f"database {mask_url(url)} refused to set up kallos' tables: {_detail(exc, url)}; "
+            "use a role that may create tables there"
+        ) from None
     return engine
+
+
+def _detail(exc: sa.exc.DBAPIError, url: URL) -> str:
+    detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+    return detail.replace(url.password, "***") if url.password else detail
 
 
 def upsert_rows(

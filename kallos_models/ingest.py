@@ -306,11 +306,14 @@ def find_gaps(index: pd.DatetimeIndex, timeframe: str) -> dict[str, Any]:
     }
 
 
-def _check_bar_size(valid: pd.DataFrame, timeframe: str, path: str) -> None:
-    if len(valid) < 3:
+def _check_bar_size(times: pd.Series, timeframe: str, path: str) -> None:
+    """Refuse a file whose typical spacing is not the timeframe (checked on every parseable row,
+    so a wrong --timeframe cannot slip through --skip-invalid)."""
+    unique = pd.DatetimeIndex(times.dropna().unique()).sort_values()
+    if len(unique) < 3:
         return
     step = timeframe_to_timedelta(timeframe)
-    typical = pd.Series(valid.index[1:] - valid.index[:-1]).median()
+    typical = pd.Series(unique[1:] - unique[:-1]).median()
     if typical != step:
         raise DataError(
             f"{path}: bars are {typical} apart but --timeframe is {timeframe}; "
@@ -404,6 +407,7 @@ def ingest_frame(
     if not str(asset_id).strip():
         raise DataError("asset id is empty; pass --asset-id, e.g. --asset-id BTC")
     timeframe_to_timedelta(timeframe)
+    _check_bar_size(parse_open_times(raw["open_time"]), timeframe, path)
     valid, rejected, duplicates = validate_candles(raw, timeframe, first_line=first_line)
     reason_counts = dict(Counter(r["reason"] for r in rejected))
     if rejected and not skip_invalid:
@@ -415,7 +419,6 @@ def ingest_frame(
         )
     if valid.empty:
         raise DataError(f"{path} has no valid rows ({len(raw)} read, all rejected)")
-    _check_bar_size(valid, timeframe, path)
     for c in db.KLINE_COLUMNS:
         if c not in valid.columns:
             valid[c] = np.nan

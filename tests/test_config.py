@@ -133,3 +133,25 @@ def test_dates_and_timeframes() -> None:
     assert timeframe_to_freq("1d") == "1D" and timeframe_to_freq("15m") == "15min"
     with pytest.raises(ConfigError, match="bar size"):
         timeframe_to_timedelta("4x")
+
+
+def test_stray_postgres_variable_does_not_replace_the_database(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"db_url": "sqlite:///cfg.db"}))
+    s = resolve_settings({}, cwd=tmp_path, environ={"POSTGRES_HOST": "elsewhere"})
+    assert s.db_url == "sqlite:///cfg.db" and s.db_kwargs is None
+
+
+def test_errors_name_the_source_of_a_bad_value(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"n_trials": "many"}))
+    with pytest.raises(ConfigError, match="config.json"):
+        resolve_settings({}, cwd=tmp_path, environ={})
+    (tmp_path / "config.json").unlink()
+    with pytest.raises(ConfigError, match="environment"):
+        resolve_settings({}, cwd=tmp_path, environ={"KALLOS_MAX_EPOCHS": "x"})
+
+
+def test_mask_url_hides_a_password_containing_at() -> None:
+    assert (
+        mask_url("postgresql://kallos:p@ss@127.0.0.1:1/db")
+        == "postgresql://kallos:***@127.0.0.1:1/db"
+    )

@@ -223,3 +223,13 @@ def test_asset_id_with_sql_is_data(tmp_path: Path, db_url: str) -> None:
     ingest.ingest_file(engine, evil, "1d", write_binance_csv(make_ohlcv(30), tmp_path / "k.csv"))
     assert [a["asset_id"] for a in db.list_assets(engine)] == [evil]
     assert _count(engine, evil) == 30
+
+
+def test_wrong_timeframe_refused_even_with_skip_invalid(tmp_path: Path, sqlite_url: str) -> None:
+    bars = make_ohlcv(60, freq="4h")
+    engine = db.create_db_engine(sqlite_url)
+    with pytest.raises(DataError, match="--timeframe is 1d"):
+        ingest.ingest_file(
+            engine, "BTC", "1d", write_ohlcv_csv(bars, tmp_path / "4h.csv"), skip_invalid=True
+        )
+    assert _count(engine) == 0

@@ -1,0 +1,540 @@
+"""Model bundles: save and load a trained forecaster with its preprocessing and a manifest.
+
+A bundle is four files in one directory, named from the model and the asset::
+
+    {model}_{asset}.pt              the Darts model object (TorchForecastingModel.save)
+    {model}_{asset}.pt.ckpt         its Lightning checkpoint (weights), written by Darts beside it
+    {model}_{asset}_scaler.pkl      the fitted FeaturePreprocessor (pickle)
+    {model}_{asset}_manifest.json   parameters, data range, library versions, sha256 of the 3 others
+
+Saving writes every file under a temporary name in the same directory, then renames them into
+place with ``os.replace``, the manifest last. A crash therefore leaves either the old bundle
+or files whose checksums do not match the manifest beside them (or no manifest at all), and
+:func:`load_bundle` refuses both. Loading verifies the checksums before anything is
+unpickled.
+
+File names: an asset id (or model name) made only of ASCII letters, digits, ``.``, ``_`` and
+``-`` (not starting with ``.``) is used as is. Any other id has each other character replaced
+by ``_`` (leading dots too) and gets ``-`` plus the first 8 hex digits of the id's sha256
+appended, so ``BTC/USDT`` becomes ``BTC_USDT-<hash>``: never a path separator, never ``..``,
+and two different ids never share a file name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+import os
+import pickle
+import platform
+import re
+import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import date, datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from kallos_models.errors import ArtifactError
+from kallos_models.preprocessing import FeaturePreprocessor
+
+logger = logging.getLogger(__name__)
+
+__all__ = [
+    "BUNDLE_FORMAT",
+    "LIBRARY_DISTRIBUTIONS",
+    "BundlePaths",
+    "LoadedBundle",
+    "bundle_paths",
+    "check_overwrite",
+    "library_versions",
+    "load_bundle",
+    "safe_file_stem",
+    "save_bundle",
+    "sha256_file",
+]
+
+#: Version of the bundle layout, written to the manifest as ``bundle_format``.
+BUNDLE_FORMAT = 1
+
+#: Distributions whose versions the manifest records (plus ``python``).
+LIBRARY_DISTRIBUTIONS: tuple[str, ...] = (
+    "darts",
+    "torch",
+    "pytorch-lightning",
+    "pandas",
+    "numpy",
+    "scikit-learn",
+    "optuna",
+)
+
+#: File roles checked by sha256 on load.
+FILE_ROLES: tuple[str, ...] = ("model", "checkpoint", "scaler")
+
+_SAFE = re.compile(r"[A-Za-z0-9._-]+")
+_UNSAFE_CHAR = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def safe_file_stem(text: str) -> str:
+    """A file-name-safe form of ``text`` (an asset id or model name).
+
+    Parameters
+    ----------
+    text : str
+        The id. No default.
+
+    Returns
+    -------
+    str
+        ``text`` itself when it is made of ASCII letters, digits, ``.``, ``_`` and ``-`` and
+        does not start with ``.``; otherwise every other character (and each leading ``.``)
+        replaced by ``_``, then ``-`` and the first 8 hex digits of ``sha256(text)``.
+
+    Raises
+    ------
+    ArtifactError
+        ``text`` is empty.
+    """
+    text = str(text)
+    if not text:
+        raise ArtifactError("an empty asset id or model name cannot name a bundle; pass one")
+    if _SAFE.fullmatch(text) and not text.startswith("."):
+        return text
+    replaced = _UNSAFE_CHAR.sub("_", text)
+    stripped = replaced.lstrip(".")
+    replaced = "_" * (len(replaced) - len(stripped)) + stripped
+    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
+    return f"{replaced}-{digest}"
+
+
+@dataclass(frozen=True)
+class BundlePaths:
+    """The four files of a bundle."""
+
+    model: Path
+    checkpoint: Path
+    scaler: Path
+    manifest: Path
+
+    def as_dict(self) -> dict[str, str]:
+        """``{"model": ..., "checkpoint": ..., "scaler": ..., "manifest": ...}`` as strings."""
+        return {
+            "model": str(self.model),
+            "checkpoint": str(self.checkpoint),
+            "scaler": str(self.scaler),
+            "manifest": str(self.manifest),
+        }
+
+    def files(self) -> tuple[Path, Path, Path, Path]:
+        """The four paths, manifest last."""
+        return (self.model, self.checkpoint, self.scaler, self.manifest)
+
+
+def bundle_paths(output_dir: str | Path, model_name: str, asset_id: str) -> BundlePaths:
+    """The paths of the bundle of ``model_name`` for ``asset_id`` in ``output_dir``.
+
+    Parameters
+    ----------
+    output_dir : str or Path
+        Directory of the bundle. No default.
+    model_name : str
+        Registry key, e.g. ``"gru"``. No default.
+    asset_id : str
+        Asset, e.g. ``"BTC"``; made file-name-safe with :func:`safe_file_stem`. No default.
+
+    Returns
+    -------
+    BundlePaths
+        ``{model}_{asset}.pt``, ``{model}_{asset}.pt.ckpt``, ``{model}_{asset}_scaler.pkl``,
+        ``{model}_{asset}_manifest.json`` in ``output_dir``.
+    """
+    base = Path(output_dir)
+    stem = f"{safe_file_stem(model_name)}_{safe_file_stem(asset_id)}"
+    return BundlePaths(
+        model=base / f"{stem}.pt",
+        checkpoint=base / f"{stem}.pt.ckpt",
+        scaler=base / f"{stem}_scaler.pkl",
+        manifest=base / f"{stem}_manifest.json",
+    )
+
+
+def check_overwrite(paths: BundlePaths, *, overwrite: bool = False) -> None:
+    """Refuse to replace an existing bundle unless ``overwrite``.
+
+    Parameters
+    ----------
+    paths : BundlePaths
+        The bundle about to be written. No default.
+    overwrite : bool, default False
+        Allow replacing existing files.
+
+    Raises
+    ------
+    ArtifactError
+        A bundle file exists and ``overwrite`` is False; names the file and ``--overwrite``.
+    """
+    if overwrite:
+        return
+    for path in paths.files():
+        if path.exists():
+            raise ArtifactError(
+                f"bundle file {path} already exists; pass --overwrite (overwrite=True in "
+                "Python) to replace the bundle, or choose another --output-path"
+            )
+
+
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of the file at ``path``, read in 1 MiB blocks.
+
+    Parameters
+    ----------
+    path : Path
+        File to hash. No default.
+
+    Returns
+    -------
+    str
+        64 lowercase hex digits.
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def library_versions() -> dict[str, str | None]:
+    """Versions of Python and of :data:`LIBRARY_DISTRIBUTIONS` (None when not installed)."""
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in LIBRARY_DISTRIBUTIONS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _json_default(value: Any) -> Any:
+    """JSON for the types a manifest may carry besides the JSON ones."""
+    if isinstance(value, (datetime, date)):
+        return value.isoformat()
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "isoformat"):  # pandas.Timestamp
+        return value.isoformat()
+    if hasattr(value, "item"):  # numpy scalar
+        item = value.item()
+        if isinstance(item, float) and not math.isfinite(item):
+            return None
+        return item
+    if hasattr(value, "tolist"):  # numpy array
+        return value.tolist()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    raise TypeError(f"manifest value {value!r} of type {type(value).__name__} is not JSON-able")
+
+
+def _remove_quietly(path: Path) -> None:
+    try:
+        path.unlink()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:  # pragma: no cover - best effort cleanup
+        logger.warning("could not remove temporary file %s: %s", path, exc)
+
+
+def _save_model(model: Any, path: Path) -> None:
+    """``model.save(path)`` with creation-time callbacks left out of the pickle.
+
+    Lightning callbacks passed through ``pl_trainer_kwargs`` are training-time objects; Darts
+    pickles them with the model's creation parameters, and a callback class defined in a
+    function (or one Darts' restricted unpickler does not know) would make the file
+    unloadable. They are removed for the save and put back afterwards.
+    """
+    model_params = getattr(model, "_model_params", None)
+    pl_kwargs = model_params.get("pl_trainer_kwargs") if isinstance(model_params, dict) else None
+    saved_callbacks = None
+    if isinstance(pl_kwargs, dict) and pl_kwargs.get("callbacks"):
+        saved_callbacks = pl_kwargs["callbacks"]
+        pl_kwargs["callbacks"] = []
+    try:
+        model.save(str(path))
+    finally:
+        if saved_callbacks is not None and isinstance(pl_kwargs, dict):
+            pl_kwargs["callbacks"] = saved_callbacks
+
+
+def save_bundle(
+    output_dir: str | Path,
+    model_name: str,
+    asset_id: str,
+    model: Any,
+    preprocessor: FeaturePreprocessor,
+    manifest: Mapping[str, Any],
+    *,
+    overwrite: bool = False,
+) -> BundlePaths:
+    """Write a bundle atomically: temporary files, checksums, then renames, manifest last.
+
+    Parameters
+    ----------
+    output_dir : str or Path
+        Directory of the bundle; created when missing. No default.
+    model_name : str
+        Registry key, used in the file names. No default.
+    asset_id : str
+        Asset, used in the file names (see :func:`safe_file_stem`). No default.
+    model : darts TorchForecastingModel
+        A fitted model. No default.
+    preprocessor : FeaturePreprocessor
+        The preprocessing fit on the model's training rows. No default.
+    manifest : Mapping[str, Any]
+        What to record (parameters, data range, ...); JSON-able, with timestamps, paths and
+        numpy scalars converted. No default.
+    overwrite : bool, default False
+        Replace an existing bundle.
+
+    Returns
+    -------
+    BundlePaths
+
+    Notes
+    -----
+    The manifest written is ``manifest`` plus ``bundle_format``, ``kallos_version``,
+    ``created_at`` (UTC, ISO), ``versions`` (python, darts, torch, pytorch-lightning, pandas,
+    numpy, scikit-learn, optuna) and ``files``: ``{role: {"name": file name, "sha256": hex}}``
+    for the roles ``model``, ``checkpoint`` and ``scaler``. On any error every temporary file
+    is removed and the error re-raised.
+
+    Raises
+    ------
+    ArtifactError
+        A bundle file exists and ``overwrite`` is False; the preprocessor is not fitted; the
+        model has no trained weights (Darts wrote no checkpoint).
+    """
+    from kallos_models import __version__
+
+    paths = bundle_paths(output_dir, model_name, asset_id)
+    check_overwrite(paths, overwrite=overwrite)
+    if not isinstance(preprocessor, FeaturePreprocessor) or not preprocessor.fitted:
+        raise ArtifactError(
+            "the preprocessor is not a fitted FeaturePreprocessor; save the one returned by "
+            "prepare_darts_timeseries"
+        )
+    directory = paths.model.parent
+    directory.mkdir(parents=True, exist_ok=True)
+
+    token = secrets.token_hex(4)
+    tmp_model = directory / f".{paths.model.name}.{token}.tmp"
+    temps = {
+        "model": tmp_model,
+        "checkpoint": Path(f"{tmp_model}.ckpt"),  # Darts writes path + ".ckpt"
+        "scaler": directory / f".{paths.scaler.name}.{token}.tmp",
+        "manifest": directory / f".{paths.manifest.name}.{token}.tmp",
+    }
+    finals = {
+        "model": paths.model,
+        "checkpoint": paths.checkpoint,
+        "scaler": paths.scaler,
+        "manifest": paths.manifest,
+    }
+    try:
+        _save_model(model, tmp_model)
+        if not temps["checkpoint"].exists():
+            raise ArtifactError(
+                "the model has no trained weights (Darts wrote no checkpoint); fit it before "
+                "saving the bundle"
+            )
+        with open(temps["scaler"], "wb") as handle:
+            pickle.dump(preprocessor, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        files = {
+            role: {"name": finals[role].name, "sha256": sha256_file(temps[role])}
+            for role in FILE_ROLES
+        }
+        full = {
+            **dict(manifest),
+            "bundle_format": BUNDLE_FORMAT,
+            "kallos_version": __version__,
+            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": library_versions(),
+            "files": files,
+        }
+        text = json.dumps(full, indent=2, default=_json_default, allow_nan=False)
+        temps["manifest"].write_text(text + "\n", encoding="utf-8")
+        for role in (*FILE_ROLES, "manifest"):
+            os.replace(temps[role], finals[role])
+    except BaseException:
+        for temp in temps.values():
+            _remove_quietly(temp)
+        raise
+    logger.info("saved bundle %s", paths.manifest)
+    return paths
+
+
+@dataclass(frozen=True)
+class LoadedBundle:
+    """A bundle read back by :func:`load_bundle`."""
+
+    model: Any
+    preprocessor: FeaturePreprocessor
+    manifest: dict[str, Any]
+    paths: BundlePaths
+
+
+def _manifest_beside(model_path: Path) -> Path:
+    name = model_path.name
+    stem = name[: -len(".pt")] if name.endswith(".pt") else model_path.stem
+    return model_path.with_name(f"{stem}_manifest.json")
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        raise ArtifactError(
+            f"manifest {path} does not exist; every bundle has one (a missing manifest means an "
+            "incomplete save): retrain with `kallos-run train`, or pass the manifest path"
+        )
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ArtifactError(
+            f"manifest {path} is not valid JSON ({exc}); retrain or restore the bundle"
+        ) from exc
+    if not isinstance(data, dict):
+        raise ArtifactError(f"manifest {path} is not a JSON object; retrain or restore the bundle")
+    files = data.get("files")
+    if not isinstance(files, dict) or not all(
+        isinstance(files.get(role), dict) and isinstance(files[role].get("sha256"), str)
+        for role in FILE_ROLES
+    ):
+        raise ArtifactError(
+            f"manifest {path} has no checksums for the model, checkpoint and scaler files; "
+            "it was not written by save_bundle: retrain with `kallos-run train`"
+        )
+    return data
+
+
+def _verify(path: Path, expected: str, role: str) -> None:
+    if not path.is_file():
+        raise ArtifactError(
+            f"{role} file {path} does not exist; the bundle is incomplete: retrain or restore it"
+        )
+    actual = sha256_file(path)
+    if actual != expected:
+        raise ArtifactError(
+            f"checksum mismatch for {path} ({role}): the bundle was modified after training; "
+            "retrain or restore it"
+        )
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return bool(torch.cuda.is_available())
+
+
+def _fit_trainer_to_machine(model: Any, cuda: bool) -> None:
+    """Without CUDA, make a model trained on a GPU predict on the CPU."""
+    if cuda:
+        return
+    params = getattr(model, "trainer_params", None)
+    if not isinstance(params, dict):
+        return
+    accelerator = params.get("accelerator")
+    if accelerator not in (None, "auto", "cpu"):
+        logger.info(
+            "no CUDA device: the model trained with accelerator=%r runs on the CPU", accelerator
+        )
+    model.to_cpu()  # accelerator "cpu", drops "devices"
+    if str(model.trainer_params.get("precision")) in ("16-mixed", "16"):
+        # mixed precision keeps float32 weights; Lightning has no 16-mixed on the CPU
+        model.trainer_params["precision"] = "32-true"
+
+
+def load_bundle(
+    model_path: str | Path,
+    scaler_path: str | Path | None = None,
+    *,
+    manifest_path: str | Path | None = None,
+) -> LoadedBundle:
+    """Verify a bundle's checksums, then load its model, preprocessor and manifest.
+
+    Parameters
+    ----------
+    model_path : str or Path
+        The ``{model}_{asset}.pt`` file; its checkpoint is ``model_path + ".ckpt"``. No
+        default.
+    scaler_path : str or Path or None, default None
+        The preprocessor pickle; None uses the file the manifest names, in the manifest's
+        directory. Its sha256 must match the manifest either way.
+    manifest_path : str or Path or None, default None
+        The manifest; None uses ``{stem}_manifest.json`` beside ``model_path``.
+
+    Returns
+    -------
+    LoadedBundle
+        The model is loaded with ``map_location="cpu"`` when CUDA is not available, and its
+        trainer set to the CPU (a bundle trained on a GPU predicts on a CPU-only machine).
+
+    Raises
+    ------
+    ArtifactError
+        The model file, checkpoint, scaler or manifest is missing; the manifest is not
+        valid; a checksum does not match (checked before anything is unpickled); the scaler
+        file does not hold a FeaturePreprocessor.
+    """
+    model_file = Path(model_path)
+    if not model_file.is_file():
+        raise ArtifactError(
+            f"model file {model_file} does not exist; train one with `kallos-run train` or "
+            "check --model-path"
+        )
+    manifest_file = (
+        Path(manifest_path) if manifest_path is not None else _manifest_beside(model_file)
+    )
+    manifest = _read_manifest(manifest_file)
+    files = manifest["files"]
+    checkpoint_file = Path(f"{model_file}.ckpt")
+    if scaler_path is not None:
+        scaler_file = Path(scaler_path)
+    else:
+        name = files["scaler"].get("name")
+        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", ".."):
+            raise ArtifactError(
+                f"manifest {manifest_file} names no valid scaler file; pass --scaler-path"
+            )
+        scaler_file = manifest_file.with_name(name)
+
+    _verify(model_file, files["model"]["sha256"], "model")
+    _verify(checkpoint_file, files["checkpoint"]["sha256"], "checkpoint")
+    _verify(scaler_file, files["scaler"]["sha256"], "scaler")
+
+    with open(scaler_file, "rb") as handle:
+        preprocessor = pickle.load(handle)
+    if not isinstance(preprocessor, FeaturePreprocessor):
+        raise ArtifactError(
+            f"scaler file {scaler_file} holds a {type(preprocessor).__name__}, not a "
+            "FeaturePreprocessor; pass the bundle's _scaler.pkl"
+        )
+
+    from darts.models.forecasting.torch_forecasting_model import TorchForecastingModel
+
+    cuda = _cuda_available()
+    load_kwargs: dict[str, Any] = {} if cuda else {"map_location": "cpu"}
+    model = TorchForecastingModel.load(str(model_file), **load_kwargs)
+    _fit_trainer_to_machine(model, cuda)
+    logger.info("loaded bundle %s", manifest_file)
+    return LoadedBundle(
+        model=model,
+        preprocessor=preprocessor,
+        manifest=manifest,
+        paths=BundlePaths(
+            model=model_file,
+            checkpoint=checkpoint_file,
+            scaler=scaler_file,
+            manifest=manifest_file,
+        ),
+    )

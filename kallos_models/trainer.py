@@ -1,0 +1,345 @@
+"""Final training: all data up to the end date, one fit, one bundle.
+
+:func:`train_model` is what ``kallos-run train`` runs: read the hyperparameters (a tuner output
+file or a plain JSON object), check them against the model, load the asset's rows up to
+``train_end_date``, fit the preprocessing and the model on all of them (no validation split,
+no early stopping) and save the bundle with :func:`kallos_models.artifacts.save_bundle`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from kallos_models import architectures, artifacts, datasets, training
+from kallos_models.artifacts import BundlePaths
+from kallos_models.config import Settings
+from kallos_models.errors import ConfigError, DataError
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_OUTPUT_PATH", "TrainResult", "read_params_file", "train_model"]
+
+#: Where bundles go when ``output_path`` is not set.
+DEFAULT_OUTPUT_PATH = "./trained_models"
+
+
+def _check_n_epochs(value: Any, path: Path) -> int:
+    number = (
+        float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+    )
+    if number is None or not math.isfinite(number) or not number.is_integer() or number < 1:
+        raise ConfigError(
+            f"params file {path}: n_epochs must be an integer >= 1, got {value!r}; fix or remove it"
+        )
+    return int(number)
+
+
+def read_params_file(path: str | Path) -> tuple[dict[str, Any], int | None]:
+    """Read hyperparameters from a JSON file.
+
+    Two shapes are accepted:
+
+    - a plain object of hyperparameters, as ``study.best_params`` holds them, e.g.
+      ``{"hidden_dim": 64, "input_chunk_length": 45, "learning_rate": 0.001}``; it may carry
+      ``n_epochs``;
+    - the tuner's output file: an object with a ``"params"`` object plus ``"n_epochs"`` (the
+      mean best epoch across folds) and other keys (``value``, ``metric``, ``study_name``, ...),
+      which are ignored.
+
+    Parameters
+    ----------
+    path : str or Path
+        The JSON file. No default.
+
+    Returns
+    -------
+    tuple of (dict, int or None)
+        The hyperparameters without ``n_epochs``, and ``n_epochs`` (top-level ``n_epochs`` of a
+        tuner file, else ``n_epochs`` inside the parameters) or None when absent.
+
+    Raises
+    ------
+    ConfigError
+        The file is missing, is not valid JSON, is not a JSON object (or its ``"params"`` is
+        not one), or ``n_epochs`` is not an integer >= 1.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(
+            f"params file {file} does not exist; pass the file written by `kallos-run tune` "
+            "({model}_{asset}_best_params.json) or a JSON object of hyperparameters"
+        )
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"params file {file} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"params file {file} holds a JSON {type(data).__name__}, not an object; write it "
+            'as {"hidden_dim": 64, "input_chunk_length": 45, ...}'
+        )
+    n_epochs: int | None = None
+    if "params" in data:
+        inner = data["params"]
+        if not isinstance(inner, dict):
+            raise ConfigError(
+                f'params file {file}: "params" must be a JSON object of hyperparameters, got '
+                f"{type(inner).__name__}"
+            )
+        params = dict(inner)
+        if data.get("n_epochs") is not None:
+            n_epochs = _check_n_epochs(data["n_epochs"], file)
+            params.pop("n_epochs", None)
+    else:
+        params = dict(data)
+    if n_epochs is None and params.get("n_epochs") is not None:
+        n_epochs = _check_n_epochs(params["n_epochs"], file)
+    params.pop("n_epochs", None)
+    return params, n_epochs
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """The bundle written by :func:`train_model` and its manifest."""
+
+    paths: BundlePaths
+    manifest: dict[str, Any]
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON for stdout: the headline fields and the bundle paths.
+
+        Returns
+        -------
+        dict
+            ``model_name``, ``asset_id``, ``timeframe``, ``train_start``, ``train_end``,
+            ``train_rows``, ``n_epochs``, ``accelerator``, ``training_seconds`` and ``paths``
+            (``model``, ``checkpoint``, ``scaler``, ``manifest``).
+        """
+        m = self.manifest
+        return {
+            "model_name": m.get("model_name"),
+            "asset_id": m.get("asset_id"),
+            "timeframe": m.get("timeframe"),
+            "train_start": m.get("train_start"),
+            "train_end": m.get("train_end"),
+            "train_rows": m.get("train_rows"),
+            "n_epochs": (m.get("params") or {}).get("n_epochs"),
+            "accelerator": m.get("accelerator"),
+            "training_seconds": m.get("training_seconds"),
+            "paths": self.paths.as_dict(),
+        }
+
+
+def _resolve_params(params: Mapping[str, Any] | str | Path) -> dict[str, Any]:
+    if isinstance(params, (str, Path)):
+        values, n_epochs = read_params_file(params)
+        if n_epochs is not None:
+            values["n_epochs"] = n_epochs
+        return values
+    if not isinstance(params, Mapping):
+        raise ConfigError(
+            f"params must be a mapping of hyperparameters or a JSON file path, got "
+            f"{type(params).__name__}"
+        )
+    return dict(params)
+
+
+def _full_params(
+    defaults: Mapping[str, Any], values: Mapping[str, Any], n_epochs: int
+) -> dict[str, Any]:
+    """The registry defaults with ``values`` over them and the resolved ``n_epochs``.
+
+    Mirrors :func:`kallos_models.architectures.validate_params`: a default ``learning_rate``
+    is left out when ``values`` sets ``optimizer_kwargs["lr"]`` instead.
+    """
+    full = dict(defaults)
+    optimizer_kwargs = values.get("optimizer_kwargs") or {}
+    if "learning_rate" not in values and "lr" in optimizer_kwargs:
+        full.pop("learning_rate", None)
+    full.update(values)
+    full["n_epochs"] = n_epochs
+    return full
+
+
+def _trainer_facts(model: Any) -> dict[str, Any]:
+    """Accelerator, device count and precision the Lightning trainer actually used."""
+    trainer = getattr(model, "trainer", None)
+    if trainer is None:
+        return {"accelerator": None, "devices": None, "precision": None}
+    name = type(trainer.accelerator).__name__
+    accelerator = name[: -len("Accelerator")].lower() if name.endswith("Accelerator") else name
+    return {
+        "accelerator": accelerator,
+        "devices": int(trainer.num_devices),
+        "precision": str(trainer.precision),
+    }
+
+
+def train_model(
+    settings: Settings,
+    params: Mapping[str, Any] | str | Path,
+    *,
+    overwrite: bool = False,
+    show_progress: bool = False,
+) -> TrainResult:
+    """Train ``settings.model_name`` on all rows up to ``settings.train_end_date`` and save it.
+
+    Parameters
+    ----------
+    settings : Settings
+        Uses ``model_name``, ``asset_id``, ``timeframe``, ``train_end_date`` (required),
+        ``start_date``, ``db_url``/``db_kwargs``, ``output_path`` (None: ``./trained_models``),
+        ``seed``, ``max_epochs`` (a cap on ``n_epochs``), ``accelerator``, ``devices``,
+        ``precision``, ``max_gap_bars``, ``feature_groups``, ``optional_features``,
+        ``group_scalers``, ``target_col`` and ``target_transform``. No default.
+    params : Mapping[str, Any] or str or Path
+        Hyperparameters, or a JSON file read with :func:`read_params_file`. No default.
+        Epochs: ``min(n_epochs, settings.max_epochs)`` when the parameters carry
+        ``n_epochs``, else ``settings.max_epochs``.
+    overwrite : bool, default False
+        Replace an existing bundle; without it an existing bundle is refused before any data
+        is read.
+    show_progress : bool, default False
+        Show Lightning's progress bar and model summary (on stderr).
+
+    Returns
+    -------
+    TrainResult
+
+    Raises
+    ------
+    ConfigError
+        No ``train_end_date`` or ``asset_id``; no database; a bad params file.
+    ModelError
+        Unknown model, or a parameter the model does not accept (checked before the data is
+        read).
+    ArtifactError
+        The bundle exists and ``overwrite`` is False.
+    DataError
+        No rows, a long gap, or fewer rows than ``input_chunk_length + output_chunk_length + 1``.
+    DatabaseError
+        The database cannot be reached.
+    """
+    if not settings.train_end_date:
+        raise ConfigError(
+            "missing --end-date: train needs the last date of its training data "
+            "(train_end_date in config.json, KALLOS_TRAIN_END_DATE in the environment)"
+        )
+    if not settings.asset_id:
+        raise ConfigError(
+            "missing --asset-id: name the asset to train on (asset_id in config.json, "
+            "KALLOS_ASSET_ID in the environment)"
+        )
+    model_name = settings.model_name
+    spec = architectures.get_spec(model_name)
+    values = _resolve_params(params)
+    n_epochs = training.resolve_n_epochs(values, settings.max_epochs, model_name)
+    used_params = _full_params(spec.defaults, values, n_epochs)
+    checked = architectures.validate_params(model_name, used_params, random_state=settings.seed)
+    input_chunk_length = int(checked["input_chunk_length"])
+    output_chunk_length = int(checked["output_chunk_length"])
+
+    paths = artifacts.bundle_paths(
+        settings.output_path or DEFAULT_OUTPUT_PATH, model_name, settings.asset_id
+    )
+    artifacts.check_overwrite(paths, overwrite=overwrite)
+
+    database: Any = settings.db_url or settings.db_kwargs
+    if not database:
+        raise ConfigError("no database: set --db-url (db_url) or db_kwargs")
+    frame = datasets.load_features_from_db(
+        settings.asset_id,
+        settings.train_end_date,
+        database,
+        start_date=settings.start_date,
+        timeframe=settings.timeframe,
+        max_gap_bars=settings.max_gap_bars,
+    )
+    needed = input_chunk_length + output_chunk_length + 1
+    if len(frame) < needed:
+        raise DataError(
+            f"asset {settings.asset_id!r} ({settings.timeframe}) has {len(frame)} usable rows up "
+            f"to {settings.train_end_date}, but training {model_name!r} needs at least {needed} "
+            f"(input_chunk_length {input_chunk_length} + output_chunk_length "
+            f"{output_chunk_length} + 1); use an earlier --start-date, a later --end-date, or a "
+            "smaller input_chunk_length"
+        )
+    prepared = datasets.prepare_darts_timeseries(
+        frame,
+        feature_groups=settings.feature_groups,
+        target_col=settings.target_col,
+        target_transform=settings.target_transform,
+        group_scalers=settings.group_scalers or None,
+        optional_features=tuple(settings.optional_features),
+    )
+    trainer_kwargs = training.build_trainer_kwargs(
+        accelerator=settings.accelerator,
+        devices=settings.devices,
+        precision=settings.precision,
+        show_progress=show_progress,
+    )
+    fit = training.fit_forecaster(
+        model_name,
+        used_params,
+        prepared,
+        seed=settings.seed,
+        trainer_kwargs=trainer_kwargs,
+    )
+    preprocessor = prepared.preprocessor
+    facts = _trainer_facts(fit.model)
+    manifest: dict[str, Any] = {
+        "model_name": model_name,
+        "darts_class": spec.darts_class,
+        "asset_id": settings.asset_id,
+        "timeframe": settings.timeframe,
+        "params": used_params,
+        "input_chunk_length": input_chunk_length,
+        "output_chunk_length": output_chunk_length,
+        "feature_groups": {g: list(c) for g, c in preprocessor.feature_groups.items()},
+        "feature_columns": list(preprocessor.feature_columns),
+        "target_col": preprocessor.target_col,
+        "target_transform": preprocessor.target_transform,
+        "group_scalers": dict(preprocessor.group_scalers),
+        "preprocessing": preprocessor.describe(),
+        "train_start": frame.index[0].isoformat(),
+        "train_end": frame.index[-1].isoformat(),
+        "train_rows": len(frame),
+        "filled_rows": int(frame["filled"].sum()) if "filled" in frame.columns else 0,
+        "start_date": settings.start_date,
+        "train_end_date": settings.train_end_date,
+        "seed": settings.seed,
+        "accelerator": facts["accelerator"],
+        "devices": facts["devices"],
+        "precision": facts["precision"],
+        "requested_accelerator": settings.accelerator,
+        "epochs_run": fit.epochs_run,
+        "training_seconds": round(fit.seconds, 3),
+    }
+    artifacts.save_bundle(
+        paths.model.parent,
+        model_name,
+        settings.asset_id,
+        fit.model,
+        preprocessor,
+        manifest,
+        overwrite=overwrite,
+    )
+    written = json.loads(paths.manifest.read_text(encoding="utf-8"))
+    logger.info(
+        "trained %s on %s: %d rows %s .. %s, %d epoch(s) in %.1fs; bundle %s",
+        model_name,
+        settings.asset_id,
+        len(frame),
+        manifest["train_start"],
+        manifest["train_end"],
+        fit.epochs_run,
+        fit.seconds,
+        paths.model,
+    )
+    return TrainResult(paths=paths, manifest=written)
