@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -34,18 +35,28 @@ class KallosGroup(click.Group):
 
 
 def _configure_logging(verbose: int, quiet: bool) -> None:
-    level = logging.ERROR if quiet else (logging.DEBUG if verbose >= 2 else logging.INFO)
+    """The one place where log levels are set: ours at INFO, third parties' at WARNING.
+
+    A handler on the root logger also stops Lightning from adding its own (it does so only
+    when the root has none), so its "GPU available" lines obey ``-v``. Library warnings
+    (torch, Lightning) are shown with ``-v`` only.
+    """
+    fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
+    ours = logging.getLogger("kallos_models")
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
-    )
-    root = logging.getLogger("kallos_models")
-    root.handlers[:] = [handler]
-    root.setLevel(level)
-    root.propagate = False
-    # Third-party chatter (Lightning, Optuna) only with -v.
-    for name in ("lightning", "pytorch_lightning", "lightning.pytorch", "optuna", "darts"):
-        logging.getLogger(name).setLevel(logging.INFO if verbose >= 1 else logging.WARNING)
+    handler.setFormatter(fmt)
+    ours.handlers[:] = [handler]
+    ours.setLevel(logging.ERROR if quiet else (logging.DEBUG if verbose >= 2 else logging.INFO))
+    ours.propagate = False
+    others = logging.StreamHandler(sys.stderr)
+    others.setFormatter(fmt)
+    others.setLevel(logging.INFO if verbose >= 1 and not quiet else logging.WARNING)
+    root = logging.getLogger()
+    root.handlers[:] = [others]
+    if verbose == 0:
+        warnings.filterwarnings("ignore", category=UserWarning)
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 def _settings(ctx: click.Context, **flags: Any):

@@ -26,6 +26,7 @@ from kallos_models.architectures import (
     validate_params,
 )
 from kallos_models.errors import ConfigError, ModelError
+from tests.helpers import TINY_PARAMS, tiny_params
 
 EXPECTED_MODELS = [
     "dlinear",
@@ -43,42 +44,6 @@ EXPECTED_MODELS = [
 
 # Cheap settings shared by every training test (Darts' own test habit).
 TRAINER_KWARGS = {"accelerator": "cpu"}
-COMMON_TINY = {
-    "batch_size": 16,
-    "input_chunk_length": 12,
-    "output_chunk_length": 1,
-    "n_epochs": 1,
-    "learning_rate": 1e-3,
-}
-TINY_PARAMS: dict[str, dict] = {
-    "gru": {"hidden_dim": 8, "n_rnn_layers": 1, "dropout": 0.0},
-    "lstm": {"hidden_dim": 8, "n_rnn_layers": 1, "dropout": 0.0},
-    "transformer": {
-        "d_model": 8,
-        "nhead": 2,
-        "num_encoder_layers": 1,
-        "num_decoder_layers": 1,
-        "dim_feedforward": 16,
-        "dropout": 0.0,
-    },
-    "tcn": {"kernel_size": 3, "num_filters": 8, "dilation_base": 2, "dropout": 0.0},
-    "nbeats": {"num_stacks": 2, "num_blocks": 1, "num_layers": 1, "layer_widths": 16},
-    "nhits": {"num_stacks": 2, "num_blocks": 1, "num_layers": 1, "layer_widths": 16},
-    "tft": {"hidden_size": 8, "lstm_layers": 1, "num_attention_heads": 2},
-    "tide": {
-        "hidden_size": 16,
-        "num_encoder_layers": 1,
-        "num_decoder_layers": 1,
-        "decoder_output_dim": 8,
-    },
-    "tsmixer": {"hidden_size": 8, "ff_size": 8, "num_blocks": 1},
-    "dlinear": {"kernel_size": 5},
-    "nlinear": {},
-}
-
-
-def tiny_params(model_name: str) -> dict:
-    return {**COMMON_TINY, **TINY_PARAMS[model_name]}
 
 
 @pytest.fixture(scope="module")
