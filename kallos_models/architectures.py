@@ -66,6 +66,7 @@ LOOKBACK_MIN_BARS = 8
 #: Largest lookback, in bars, on any timeframe.
 LOOKBACK_MAX_BARS = 512
 
+
 def bars_per_day(timeframe: str) -> float:
     """Number of bars of ``timeframe`` in one day.
 

@@ -433,6 +433,21 @@ def train(
     default=None,
     help="Bars ahead, at most output_chunk_length [default: 1].",
 )
+@click.option(
+    "--backtest-mode",
+    type=click.Choice(["long", "long_short"]),
+    default=None,
+    help="Backtest rule: long or flat, or long/short [default: long].",
+)
+@click.option(
+    "--backtest-threshold",
+    type=float,
+    default=None,
+    help="Forecast log return needed to take a position [default: 0].",
+)
+@click.option(
+    "--fee-bps", type=float, default=None, help="Cost per unit of position change [default: 10]."
+)
 @db_option
 @click.pass_context
 def evaluate(
@@ -445,6 +460,9 @@ def evaluate(
     test_end_date,
     output_path,
     horizon,
+    backtest_mode,
+    backtest_threshold,
+    fee_bps,
     db_url,
 ) -> None:
     """Judge a trained bundle on a hold-out window against a naive forecast.
@@ -467,6 +485,9 @@ def evaluate(
         test_end_date=test_end_date,
         output_path=output_path,
         horizon=horizon,
+        backtest_mode=backtest_mode,
+        backtest_threshold=backtest_threshold,
+        fee_bps=fee_bps,
         db_url=db_url,
     )
     _require(s.asset_id, "--asset-id", "asset_id")

@@ -29,6 +29,7 @@ logger = logging.getLogger(__name__)
 
 TargetTransform = Literal["log_return", "price"]
 Metric = Literal["rmse", "mae", "mape", "smape", "rmse_rel_naive"]
+BacktestMode = Literal["long", "long_short"]
 
 #: The seed's feature groups. ``taker_buy_base_asset_volume`` exists only in Binance kline
 #: files; it is listed in ``optional_features`` so plain OHLCV data works with the defaults.
@@ -95,6 +96,10 @@ class Settings:
     timeout: float | None = None
     heartbeat_interval: int = 60
     grace_period: int = 120
+    # evaluation backtest
+    backtest_mode: BacktestMode = "long"
+    backtest_threshold: float = 0.0
+    fee_bps: float = 10.0
     # ingest
     binance_archive_url: str = "https://data.binance.vision"
     binance_cache_dir: str | None = None

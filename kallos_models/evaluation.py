@@ -4,7 +4,9 @@
 reads the hold-out window plus the lookback the model needs from the database, makes one
 forecast per bar with the fitted preprocessing (never refit), turns the forecasts back into
 prices and scores them against the naive forecast "the next close equals the last known close".
-It writes ``{asset}_evaluation_metrics.json`` and ``{asset}_evaluation_plot.png``.
+At horizon 1 it also backtests the forecasts against buy-and-hold
+(:mod:`kallos_models.backtest`). It writes ``{asset}_evaluation_metrics.json`` and
+``{asset}_evaluation_plot.png``.
 
 :func:`rolling_forecasts` and :func:`compute_metrics` are also what the tuner scores its folds
 with, so a fold score and a hold-out score mean the same thing. See
@@ -15,6 +17,7 @@ Darts, torch and matplotlib are imported inside the functions that need them.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -28,6 +31,7 @@ from typing import IO, Any
 import numpy as np
 import pandas as pd
 
+from kallos_models.backtest import BacktestConfig, backtest_curves, run_backtest
 from kallos_models.config import Settings, parse_date, timeframe_to_timedelta
 from kallos_models.errors import ArtifactError, ConfigError, DataError, ModelError
 from kallos_models.preprocessing import FeaturePreprocessor
@@ -483,25 +487,83 @@ def _fmt(value: Any, spec: str) -> str:
     return "n/a" if value is None else format(value, spec)
 
 
-def plot_evaluation(
-    results: pd.DataFrame, metrics: Mapping[str, Any], *, title: str, path: str | Path
-) -> Path:
-    """Plot forecasts against actual prices, and the residuals, to a PNG.
+def _plot_equity(axis: Any, curves: pd.DataFrame, backtest: Mapping[str, Any] | None) -> None:
+    """Equity of the strategy and of buy-and-hold, both from 1.0 one bar before the first."""
+    missing = [c for c in ("position", "strategy_equity", "buy_and_hold_equity") if c not in curves]
+    if missing:
+        raise DataError(f"curves lack columns {missing}; pass the output of backtest_curves")
+    index = pd.DatetimeIndex(curves.index)
+    step = index[1] - index[0] if len(index) > 1 else pd.Timedelta(0)
+    times = pd.DatetimeIndex([index[0] - step]).append(index).to_pydatetime()
+    config = (backtest or {}).get("config") or {}
+    summary = {key: (backtest or {}).get(key) or {} for key in ("strategy", "buy_and_hold")}
+    mode = str(config.get("mode", "strategy")).replace("_", "/")
+    fee = config.get("fee_bps")
+    name = f"strategy ({mode}{'' if fee is None else f', {fee:g} bps'})"
+    for column, label, color, stats in (
+        ("buy_and_hold_equity", "buy & hold", "grey", summary["buy_and_hold"]),
+        ("strategy_equity", name, "tab:green", summary["strategy"]),
+    ):
+        equity = np.concatenate([[1.0], curves[column].to_numpy(dtype="float64")])
+        text = f"{label}: {equity[-1] - 1.0:+.1%}"
+        if stats.get("annualised_sharpe") is not None:
+            text += f", Sharpe {stats['annualised_sharpe']:.2f}"
+        if stats.get("max_drawdown") is not None:
+            text += f", max DD {stats['max_drawdown']:.1%}"
+        axis.plot(times, equity, color=color, linewidth=1.3, label=text)
+    axis.axhline(1.0, color="black", linewidth=0.8, alpha=0.6)
+    position = curves["position"].to_numpy(dtype="float64")
+    # bars in the market shaded, green long and red short (a bar spans its origin to its close)
+    for sign, color, label in ((1.0, "tab:green", "long"), (-1.0, "tab:red", "short")):
+        held = np.concatenate([[False], position == sign])
+        if held.any():
+            axis.fill_between(
+                times,
+                0,
+                1,
+                where=held,
+                step="pre",
+                transform=axis.get_xaxis_transform(),
+                color=color,
+                alpha=0.08,
+                linewidth=0,
+                label=f"strategy {label}",
+            )
+    axis.set_ylabel("equity (start = 1)")
+    axis.grid(True, alpha=0.3)
+    axis.legend(loc="best", frameon=True, fontsize=9)
 
-    Top panel: actual, forecast and naive prices; bottom panel (same time axis): residuals
-    ``actual - forecast`` and a zero line. The title is ``title`` and, on a second line, the
-    headline metrics: RMSE, naive RMSE, their ratio and the directional accuracy.
+
+def plot_evaluation(
+    results: pd.DataFrame,
+    metrics: Mapping[str, Any],
+    *,
+    title: str,
+    path: str | Path,
+    curves: pd.DataFrame | None = None,
+) -> Path:
+    """Plot forecasts against actual prices, the residuals and the backtest, to a PNG.
+
+    Top panel: actual, forecast and naive prices; middle panel (same time axis): residuals
+    ``actual - forecast`` and a zero line; with ``curves``, a bottom panel of the backtest's
+    equity (strategy against buy-and-hold, from 1.0 at the first origin close). The title is
+    ``title`` and, on a second line, the headline metrics: RMSE, naive RMSE, their ratio and
+    the directional accuracy.
 
     Parameters
     ----------
     results
         Output of :func:`rolling_forecasts` (``actual``, ``forecast``, ``naive`` columns).
     metrics
-        Output of :func:`compute_metrics`.
+        Output of :func:`compute_metrics`; a ``backtest`` key (from
+        :func:`kallos_models.backtest.run_backtest`) adds the Sharpe ratios to the legend.
     title
         First title line, e.g. ``"BTC 1d - gru - 2024-07-01 to 2025-06-30 - horizon 1"``.
     path
         PNG file to write (through a temporary file and a rename); its directory is created.
+    curves
+        Output of :func:`kallos_models.backtest.backtest_curves` for the same bars; default
+        None draws no backtest panel.
 
     Returns
     -------
@@ -533,8 +595,14 @@ def plot_evaluation(
     residual = results["actual"].to_numpy(dtype="float64") - results["forecast"].to_numpy(
         dtype="float64"
     )
-    fig = Figure(figsize=(12, 7), dpi=110, layout="constrained")
-    top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
+    if curves is None:
+        fig = Figure(figsize=(12, 7), dpi=110, layout="constrained")
+        top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
+        axes = [top, bottom]
+    else:
+        fig = Figure(figsize=(12, 9.5), dpi=110, layout="constrained")
+        axes = list(fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.3, 1.8]}))
+        top, bottom = axes[0], axes[1]
     # naive underneath, actual over it, the forecast on top: the two forecasts often overlap
     top.plot(
         times,
@@ -560,9 +628,11 @@ def plot_evaluation(
     bottom.set_ylabel("residual")
     bottom.grid(True, alpha=0.3)
     bottom.legend(loc="upper left", frameon=True)
+    if curves is not None:
+        _plot_equity(axes[2], curves, metrics.get("backtest"))
     locator = mdates.AutoDateLocator(minticks=5, maxticks=12)
-    bottom.xaxis.set_major_locator(locator)
-    bottom.xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
+    axes[-1].xaxis.set_major_locator(locator)
+    axes[-1].xaxis.set_major_formatter(mdates.ConciseDateFormatter(locator))
     fig.suptitle(f"{title}\n{headline}", fontsize=11)
 
     target = Path(path)
@@ -606,6 +676,15 @@ def _manifest_value(manifest: Mapping[str, Any], key: str, bundle: str) -> Any:
     return manifest[key]
 
 
+def _backtest_config(settings: Settings) -> BacktestConfig:
+    """The backtest rules from ``backtest_mode``, ``backtest_threshold`` and ``fee_bps``."""
+    return BacktestConfig(
+        mode=settings.backtest_mode,
+        threshold=float(settings.backtest_threshold),
+        fee_bps=float(settings.fee_bps),
+    )
+
+
 def evaluate_model(
     settings: Settings,
     *,
@@ -619,14 +698,18 @@ def evaluate_model(
     that model, asset and window fit the bundle (no overlap with training, horizon at most
     the model's ``output_chunk_length``); load the window plus the lookback from the database
     (the bundle's timeframe); make rolling forecasts; score them against naive persistence;
-    write ``{asset}_evaluation_metrics.json`` and ``{asset}_evaluation_plot.png``.
+    at horizon 1, backtest them against buy-and-hold (:func:`kallos_models.backtest.run_backtest`,
+    under the metrics' ``backtest`` key; at other horizons the key holds the config, null
+    results and a note); write ``{asset}_evaluation_metrics.json`` and
+    ``{asset}_evaluation_plot.png`` (with an equity panel when there is a backtest).
 
     Parameters
     ----------
     settings
         ``asset_id``, ``model_name``, ``test_start_date`` and ``test_end_date`` (both
-        required), ``db_url``/``db_kwargs``, ``max_gap_bars``, ``horizon`` and ``output_path``
-        (default None writes to ``./evaluation_results``).
+        required), ``db_url``/``db_kwargs``, ``max_gap_bars``, ``horizon``, ``output_path``
+        (default None writes to ``./evaluation_results``), and ``backtest_mode``,
+        ``backtest_threshold`` and ``fee_bps`` for the backtest.
     model_path
         The bundle's model file (``{model}_{asset}.pt``).
     scaler_path
@@ -642,7 +725,8 @@ def evaluate_model(
     ------
     ConfigError
         A window date missing or reversed, ``model_name`` or ``asset_id`` not those of the
-        bundle, or a horizon above the model's ``output_chunk_length``.
+        bundle, a horizon above the model's ``output_chunk_length``, or backtest settings out
+        of range (a negative threshold, ``fee_bps`` outside ``[0, 5000)``).
     ArtifactError
         A bundle file missing or tampered with (checksum mismatch).
     DataError
@@ -665,6 +749,7 @@ def evaluate_model(
         )
     if not settings.asset_id:
         raise ConfigError("evaluation needs an asset: pass --asset-id, e.g. --asset-id BTC")
+    backtest_config = _backtest_config(settings)
 
     bundle = artifacts.load_bundle(model_path, scaler_path)
     manifest = bundle.manifest
@@ -741,6 +826,20 @@ def evaluate_model(
         horizon=steps,
         mase_scale=mase_scale,
     )
+    curves: pd.DataFrame | None = None
+    if steps == 1:
+        backtest: dict[str, Any] = run_backtest(
+            results, timeframe=timeframe, config=backtest_config
+        )
+        curves = backtest_curves(results, timeframe=timeframe, config=backtest_config)
+    else:
+        backtest = {
+            "config": dataclasses.asdict(backtest_config),
+            "strategy": None,
+            "buy_and_hold": None,
+            "note": f"not run at horizon {steps}: the backtest trades one-step forecasts only; "
+            "evaluate with --horizon 1",
+        }
     filled = frame["filled"].iloc[pos:] if "filled" in frame.columns else None
     record: dict[str, Any] = {
         "model_name": bundle_model,
@@ -760,6 +859,7 @@ def evaluate_model(
         "before its first (the naive one-step MAE)",
         "model_path": str(Path(model_path)),
         **metrics,
+        "backtest": backtest,
     }
 
     out_dir = Path(settings.output_path or DEFAULT_OUTPUT_PATH)
@@ -775,7 +875,11 @@ def evaluate_model(
         f"{results.index[0]:%Y-%m-%d} to {results.index[-1]:%Y-%m-%d}  -  horizon {steps}"
     )
     plot_path = plot_evaluation(
-        results, metrics, title=title, path=out_dir / f"{stem}_evaluation_plot.png"
+        results,
+        {**metrics, "backtest": backtest},
+        title=title,
+        path=out_dir / f"{stem}_evaluation_plot.png",
+        curves=curves,
     )
     logger.info(
         "evaluated %s on %s: rmse %.6g, naive %.6g, ratio %s",

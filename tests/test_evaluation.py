@@ -417,3 +417,87 @@ def test_evaluate_model_refuses_a_reversed_window(tmp_path):
     settings = Settings(asset_id="BTC", test_start_date="2024-07-01", test_end_date="2024-06-01")
     with pytest.raises(ConfigError, match="reversed"):
         evaluate_model(settings, model_path=tmp_path / "missing.pt")
+
+
+# --------------------------------------------------------------------------------------------
+# The backtest inside evaluation (kallos_models.backtest)
+# --------------------------------------------------------------------------------------------
+
+
+def test_plot_evaluation_draws_the_backtest_panel(tmp_path, fitted):
+    from kallos_models.backtest import BacktestConfig, backtest_curves, run_backtest
+
+    frame = fitted["frame"]
+    out = rolling_forecasts(fitted["model"], fitted["preprocessor"], frame, start=frame.index[230])
+    metrics = compute_metrics(
+        out["actual"].to_numpy(), out["forecast"].to_numpy(), out["naive"].to_numpy()
+    )
+    config = BacktestConfig(mode="long_short", fee_bps=10.0)
+    backtest = run_backtest(out, timeframe="1d", config=config)
+    curves = backtest_curves(out, timeframe="1d", config=config)
+    two = plot_evaluation(out, metrics, title="two panels", path=tmp_path / "two.png")
+    three = plot_evaluation(
+        out,
+        {**metrics, "backtest": backtest},
+        title="three panels",
+        path=tmp_path / "three.png",
+        curves=curves,
+    )
+    from matplotlib import image
+
+    assert image.imread(two).shape[:2] == (770, 1320)
+    assert image.imread(three).shape[:2] == (1045, 1320)  # 12 x 9.5 inches at 110 dpi
+    with pytest.raises(DataError, match="curves lack"):
+        plot_evaluation(
+            out,
+            metrics,
+            title="x",
+            path=tmp_path / "bad.png",
+            curves=curves.drop(columns="position"),
+        )
+
+
+def test_evaluate_model_backtests_at_horizon_1_only(trained_bundle, tmp_path):
+    from kallos_models.evaluation import evaluate_model
+
+    settings = _eval_settings(
+        trained_bundle, tmp_path, backtest_mode="long_short", backtest_threshold=0.001, fee_bps=5
+    )
+    result = evaluate_model(settings, model_path=trained_bundle["paths"].model)
+    backtest = json.loads(result.metrics_path.read_text())["backtest"]
+    assert backtest["config"] == {
+        "mode": "long_short",
+        "threshold": 0.001,
+        "fee_bps": 5.0,
+        "execution": "close",
+    }
+    assert backtest["timeframe"] == "1d" and backtest["bars_per_year"] == 365.0
+    fc = result.forecasts
+    hold = backtest["buy_and_hold"]
+    expected = fc["actual"].iloc[-1] / fc["origin_close"].iloc[0] * (1 - 5e-4) - 1
+    assert hold["total_return"] == pytest.approx(expected, rel=1e-9)
+    assert hold["n_bars"] == len(fc) and hold["n_trades"] == 1 and hold["exposure"] == 1.0
+    strategy = backtest["strategy"]
+    for key in ("total_return", "max_drawdown", "exposure"):
+        assert isinstance(strategy[key], float)
+    assert strategy["max_drawdown"] <= 0.0 and 0.0 <= strategy["exposure"] <= 1.0
+    from matplotlib import image
+
+    assert image.imread(result.plot_path).shape[:2] == (1045, 1320)
+
+    h2 = evaluate_model(settings, model_path=trained_bundle["paths"].model, horizon=2)
+    assert h2.metrics["backtest"]["strategy"] is None
+    assert "--horizon 1" in h2.metrics["backtest"]["note"]
+    assert image.imread(h2.plot_path).shape[:2] == (770, 1320)
+
+
+def test_evaluate_model_refuses_bad_backtest_settings_before_loading(tmp_path):
+    from kallos_models.config import Settings
+    from kallos_models.evaluation import evaluate_model
+
+    settings = Settings(
+        asset_id="BTC", test_start_date="2024-07-01", test_end_date="2024-08-01", fee_bps=-1
+    )
+    with pytest.raises(ConfigError, match="fee_bps"):
+        evaluate_model(settings, model_path=tmp_path / "missing.pt")
+    assert not list(tmp_path.iterdir())
