@@ -10,7 +10,7 @@ is an error naming it; start after it, end before it, or raise ``max_gap_bars``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +25,7 @@ from kallos_models.config import (
     timeframe_to_freq,
     timeframe_to_timedelta,
 )
-from kallos_models.errors import DataError
+from kallos_models.errors import ConfigError, DataError
 from kallos_models.features import FEATURE_COLUMNS
 from kallos_models.preprocessing import FeaturePreprocessor, resolve_feature_groups
 
@@ -354,3 +354,179 @@ def prepare_darts_timeseries(
         target=_to_series(all_tgt, offset),
         preprocessor=preprocessor,
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Walk-forward cross-validation
+# --------------------------------------------------------------------------------------------
+
+#: Fold count :func:`calculate_dynamic_wf_kwargs` aims for, and the bounds it accepts.
+TARGET_WF_SPLITS = 3
+MIN_WF_SPLITS = 2
+MAX_WF_SPLITS = 5
+#: Training windows per lookback: a fold's training part holds at least
+#: ``WF_TRAIN_LOOKBACKS * max_input_chunk_length + output_chunk_length`` bars.
+WF_TRAIN_LOOKBACKS = 3
+#: Default floor on the scored bars of one fold's validation part.
+DEFAULT_MIN_VAL_BARS = 20
+
+
+def _positive_int(value: Any, name: str, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
+        raise ConfigError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+def calculate_dynamic_wf_kwargs(
+    n_rows: int,
+    max_input_chunk_length: int,
+    *,
+    output_chunk_length: int = 1,
+    n_splits: int | None = None,
+    min_val_bars: int | None = None,
+) -> dict[str, int]:
+    """Choose the walk-forward fold count and sizes from the data length and the lookback.
+
+    The rule, with ``L = max_input_chunk_length`` and ``O = output_chunk_length``:
+
+    - every fold's training part holds at least ``min_train_size = 3 * L + O`` bars, so even
+      the largest lookback the search space can sample sees ``2 * L`` or more training
+      windows;
+    - the validation parts, laid end to end, cover at most the last half of the rows (the
+      *validation budget* is ``n_rows - max(min_train_size, ceil(n_rows / 2))``), so on a long
+      history every fold trains on at least half of it, much like the final model will;
+    - ``val_size = budget // n_splits``; ``n_splits`` is 3 when each of 3 folds gets at least
+      ``min_val_bars`` bars, else 2; with fewer rows than 2 folds need, a :class:`DataError`
+      says how many rows are needed;
+    - a validation part is scored on all its ``val_size`` bars: the lookback of its first
+      forecasts comes from the end of the fold's training part, not from the validation part.
+
+    Parameters
+    ----------
+    n_rows : int
+        Rows of the tuning frame (after warm-up rows are dropped).
+    max_input_chunk_length : int
+        Largest lookback the search space can sample, e.g.
+        :func:`kallos_models.architectures.max_input_chunk_length`.
+    output_chunk_length : int, default 1
+        Bars the model forecasts per window.
+    n_splits : int or None, default None
+        Fold count to use, 2 to 5; None chooses 3, or 2 when the data is too short for 3.
+    min_val_bars : int or None, default None
+        Fewest scored bars per fold; None uses ``max(20, output_chunk_length)``.
+
+    Returns
+    -------
+    dict
+        ``{"n_splits": int, "val_size": int, "min_train_size": int}``, ready for
+        :func:`get_walk_forward_splits`.
+
+    Raises
+    ------
+    DataError
+        Too few rows: the message gives the number of rows needed and how it is made up.
+    ConfigError
+        A non-integer or out-of-range argument.
+    """
+    n_rows = _positive_int(n_rows, "n_rows", 0)
+    lookback = _positive_int(max_input_chunk_length, "max_input_chunk_length")
+    horizon = _positive_int(output_chunk_length, "output_chunk_length")
+    if n_splits is not None:
+        n_splits = _positive_int(n_splits, "n_splits", MIN_WF_SPLITS)
+        if n_splits > MAX_WF_SPLITS:
+            raise ConfigError(
+                f"n_splits must be {MIN_WF_SPLITS} to {MAX_WF_SPLITS}, got {n_splits}; each "
+                "fold trains one model per trial, so more folds cost more time"
+            )
+    min_val = max(
+        DEFAULT_MIN_VAL_BARS
+        if min_val_bars is None
+        else _positive_int(min_val_bars, "min_val_bars"),
+        horizon,
+    )
+    min_train_size = WF_TRAIN_LOOKBACKS * lookback + horizon
+    budget = n_rows - max(min_train_size, -(-n_rows // 2))
+    candidates = [n_splits] if n_splits is not None else [TARGET_WF_SPLITS, MIN_WF_SPLITS]
+    for count in candidates:
+        if budget // count >= min_val:
+            return {
+                "n_splits": count,
+                "val_size": budget // count,
+                "min_train_size": min_train_size,
+            }
+    fewest = candidates[-1]
+    needed = max(min_train_size + fewest * min_val, 2 * fewest * min_val)
+    raise DataError(
+        f"{n_rows} rows are too few for walk-forward tuning: at least {needed} are needed "
+        f"({fewest} folds of {min_val} validation bars after a training part of "
+        f"{min_train_size} bars = 3 x the largest lookback {lookback} + {horizon}, and the "
+        "validation parts may cover at most the last half of the rows); widen the date range "
+        "(an earlier start date or a later end date) or use a model or search space "
+        "with a shorter lookback"
+    )
+
+
+def get_walk_forward_splits(
+    frame: pd.DataFrame,
+    n_splits: int,
+    val_size: int,
+    *,
+    min_train_size: int,
+    expanding: bool = True,
+) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
+    """Yield ``(train, val)`` frames of walk-forward cross-validation, oldest fold first.
+
+    The validation parts are consecutive, do not overlap, each hold ``val_size`` rows, and
+    the last one ends at the frame's last row. A fold's training part ends on the row right
+    before its validation part: with ``expanding=True`` (default) it starts at the first row,
+    so it grows fold by fold; with ``expanding=False`` it is a rolling window of the
+    ``min_train_size`` rows before the validation part. Rows are never shuffled and no
+    validation row is ever a training row of the same fold.
+
+    Parameters
+    ----------
+    frame : pandas.DataFrame
+        Rows in time order (e.g. from :func:`load_features_from_db`).
+    n_splits : int
+        Number of folds, at least 1.
+    val_size : int
+        Rows in each fold's validation part, at least 1.
+    min_train_size : int
+        Fewest rows in a fold's training part (the first fold has at least this many), at
+        least 1; the training window length when ``expanding=False``.
+    expanding : bool, default True
+        Expanding training window (True) or rolling window of ``min_train_size`` rows.
+
+    Yields
+    ------
+    tuple of (pandas.DataFrame, pandas.DataFrame)
+        Slices of ``frame`` (``iloc``), training part then validation part.
+
+    Raises
+    ------
+    DataError
+        ``frame`` has fewer than ``min_train_size + n_splits * val_size`` rows, or is not in
+        increasing time order.
+    ConfigError
+        A size is not an integer >= 1.
+    """
+    n_splits = _positive_int(n_splits, "n_splits")
+    val_size = _positive_int(val_size, "val_size")
+    min_train_size = _positive_int(min_train_size, "min_train_size")
+    n_rows = len(frame)
+    needed = min_train_size + n_splits * val_size
+    if n_rows < needed:
+        raise DataError(
+            f"{n_rows} rows are too few for {n_splits} walk-forward folds: they need at least "
+            f"{needed} ({min_train_size} training rows + {n_splits} x {val_size} validation "
+            "rows); widen the date range or use calculate_dynamic_wf_kwargs to size the folds"
+        )
+    if not frame.index.is_monotonic_increasing or not frame.index.is_unique:
+        raise DataError(
+            "frame must be in increasing time order without duplicate timestamps; sort it "
+            "(load_features_from_db returns it that way)"
+        )
+    for fold in range(n_splits):
+        val_start = n_rows - (n_splits - fold) * val_size
+        train_start = 0 if expanding else val_start - min_train_size
+        yield frame.iloc[train_start:val_start], frame.iloc[val_start : val_start + val_size]
