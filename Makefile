@@ -17,7 +17,7 @@ $(VENV)/.installed: pyproject.toml
 install: $(VENV)/.installed
 
 lint: $(VENV)/.installed
-	$(VENV)/bin/ruff check kallos_models tests
+	$(VENV)/bin/ruff check kallos_models tests bench
 
 test: lint
 	$(PY) -m pytest -q -p no:cacheprovider

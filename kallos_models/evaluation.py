@@ -531,7 +531,7 @@ def _plot_equity(axis: Any, curves: pd.DataFrame, backtest: Mapping[str, Any] | 
             )
     axis.set_ylabel("equity (start = 1)")
     axis.grid(True, alpha=0.3)
-    axis.legend(loc="best", frameon=True, fontsize=9)
+    axis.legend(loc="upper left", frameon=True, fontsize=9)
 
 
 def plot_evaluation(
@@ -596,12 +596,15 @@ def plot_evaluation(
         dtype="float64"
     )
     if curves is None:
-        fig = Figure(figsize=(12, 7), dpi=110, layout="constrained")
+        fig = Figure(figsize=(12, 7), dpi=110)
         top, bottom = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.3]})
+        fig.subplots_adjust(left=0.07, right=0.985, top=0.89, bottom=0.07, hspace=0.08)
         axes = [top, bottom]
     else:
-        fig = Figure(figsize=(12, 9.5), dpi=110, layout="constrained")
+        fig = Figure(figsize=(12, 9.5), dpi=110)
         axes = list(fig.subplots(3, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1.3, 1.8]}))
+        # fixed margins: a constrained layout would draw the figure twice (a third of the time)
+        fig.subplots_adjust(left=0.07, right=0.985, top=0.915, bottom=0.05, hspace=0.08)
         top, bottom = axes[0], axes[1]
     # naive underneath, actual over it, the forecast on top: the two forecasts often overlap
     top.plot(
@@ -621,7 +624,7 @@ def plot_evaluation(
     top.grid(True, alpha=0.3)
     handles, labels = top.get_legend_handles_labels()
     order = [labels.index(name) for name in ("actual", "forecast", "naive (last close)")]
-    top.legend([handles[i] for i in order], [labels[i] for i in order], loc="best")
+    top.legend([handles[i] for i in order], [labels[i] for i in order], loc="upper left")
     bottom.axhline(0.0, color="grey", linewidth=1.0)
     bottom.plot(times, residual, color="tab:red", linewidth=1.0, label="actual - forecast")
     bottom.fill_between(times, residual, 0.0, color="tab:red", alpha=0.15)
