@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=20)
     parser.add_argument("--models", default=",".join(model_names()))
     parser.add_argument("--seed", type=int, default=42)
+    parser.add_argument("--target-transform", choices=["log_return", "price"], default="log_return")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="kallos_holdout_"))
     url = f"sqlite:///{work / 'kallos.db'}"
@@ -45,6 +46,7 @@ def main() -> None:
                 "test_start_date": "2024-07-01",
                 "test_end_date": "2025-07-04",
                 "seed": args.seed,
+                "target_transform": args.target_transform,
                 "max_epochs": args.epochs,
                 "output_path": str(work / "models"),
             },
@@ -68,7 +70,10 @@ def main() -> None:
             )
         )
         print(json.dumps({"model": model, "ratio": m["rmse_ratio"]}), file=sys.stderr, flush=True)
-    print(f"Epochs {args.epochs}, seed {args.seed}, registry default hyperparameters.\n")
+    print(
+        f"Epochs {args.epochs}, seed {args.seed}, target {args.target_transform}, "
+        "registry default hyperparameters.\n"
+    )
     print("| model | RMSE | naive RMSE | ratio | directional accuracy | DM p-value | seconds |")
     print("|---|---|---|---|---|---|---|")
     for model, rmse, naive, ratio, da, p, secs in rows:
