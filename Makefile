@@ -1,17 +1,17 @@
-# Two entry points: `make test` (set up and run the test suite) and, once the quickstart lands,
-# `make demo`. Each creates .venv on first use and installs what it needs.
+# Two entry points: `make demo` (the main job end to end) and `make test` (the test suite).
+# Each creates .venv on first use and installs what it needs.
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: test lint install
+.PHONY: demo test lint install
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: a plain `torch` requirement on a fresh venv would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev,mlflow]"
 	touch $@
 
 install: $(VENV)/.installed
@@ -21,3 +21,6 @@ lint: $(VENV)/.installed
 
 test: lint
 	$(PY) -m pytest -q -p no:cacheprovider
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/kallos-run demo --workdir demo

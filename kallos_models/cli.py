@@ -94,6 +94,17 @@ def asset_options(func: Callable) -> Callable:
     )(func)
 
 
+def tracking_option(func: Callable) -> Callable:
+    """`--tracking-uri`, read the same by every command that logs to MLflow."""
+    return click.option(
+        "--tracking-uri",
+        default=None,
+        metavar="URI",
+        help="MLflow tracking and registry URI, e.g. sqlite:///mlflow.db (needs the mlflow "
+        "extra). Default: KALLOS_TRACKING_URI, config.json, MLFLOW_TRACKING_URI, else off.",
+    )(func)
+
+
 def _require(value: Any, flag: str, key: str) -> Any:
     if value is None or value == "":
         raise click.UsageError(f"missing {flag} (or `{key}` in config.json / KALLOS_{key.upper()})")
@@ -355,6 +366,7 @@ def models(ctx: click.Context, timeframe, as_json) -> None:
 )
 @click.option("--devices", default=None, help="Lightning devices, e.g. 1 or auto [default: auto].")
 @click.option("--precision", default=None, help="Lightning precision, e.g. 32-true or bf16-mixed.")
+@tracking_option
 @click.pass_context
 def train(
     ctx: click.Context,
@@ -371,10 +383,12 @@ def train(
     accelerator,
     devices,
     precision,
+    tracking_uri,
 ) -> None:
     """Train the final model on all data up to the end date and write its bundle.
 
-    Prints the bundle's paths as JSON.
+    Prints the bundle's paths as JSON. With a tracking URI the run is logged to MLflow and
+    the bundle registered as a new version of {model}_{asset}_{timeframe}.
 
     \b
     Example:
@@ -396,6 +410,7 @@ def train(
         accelerator=accelerator,
         devices=devices,
         precision=precision,
+        tracking_uri=tracking_uri,
     )
     _require(s.asset_id, "--asset-id", "asset_id")
     _require(s.train_end_date, "--end-date", "train_end_date")
@@ -411,8 +426,9 @@ def train(
 @click.option(
     "--model-path",
     required=True,
-    type=click.Path(dir_okay=False, path_type=Path),
-    help="The bundle's .pt file.",
+    metavar="PATH|URI",
+    help="The bundle's .pt file, or a registered version: models:/NAME@ALIAS or "
+    "models:/NAME/VERSION (with --tracking-uri).",
 )
 @click.option(
     "--scaler-path",
@@ -449,6 +465,7 @@ def train(
     "--fee-bps", type=float, default=None, help="Cost per unit of position change [default: 10]."
 )
 @db_option
+@tracking_option
 @click.pass_context
 def evaluate(
     ctx: click.Context,
@@ -464,16 +481,20 @@ def evaluate(
     backtest_threshold,
     fee_bps,
     db_url,
+    tracking_uri,
 ) -> None:
     """Judge a trained bundle on a hold-out window against a naive forecast.
 
     Writes {asset}_evaluation_metrics.json and {asset}_evaluation_plot.png; prints the metrics.
+    With a tracking URI they are logged to the run of the bundle's registered version.
 
     \b
     Example:
       kallos-run evaluate --model-name gru --asset-id BTC \\
           --model-path trained_models/gru_BTC.pt --scaler-path trained_models/gru_BTC_scaler.pkl \\
           --test-start-date 2024-07-01 --test-end-date 2025-07-04
+      kallos-run evaluate --asset-id BTC --model-path models:/gru_BTC_1d@champion \\
+          --test-start-date 2024-07-01 --test-end-date 2025-07-04 --tracking-uri sqlite:///mlflow.db
     """
     from kallos_models import evaluation
 
@@ -489,12 +510,16 @@ def evaluate(
         backtest_threshold=backtest_threshold,
         fee_bps=fee_bps,
         db_url=db_url,
+        tracking_uri=tracking_uri,
     )
     _require(s.asset_id, "--asset-id", "asset_id")
     result = evaluation.evaluate_model(
         s, model_path=model_path, scaler_path=scaler_path, horizon=horizon
     )
     logger.info("metrics: %s; plot: %s", result.metrics_path, result.plot_path)
+    if result.tracking and result.tracking.get("version") is not None:
+        t = result.tracking
+        logger.info("logged to %s version %s", t["registered_model"], t["version"])
     _echo_json(result.metrics)
 
 
@@ -533,6 +558,7 @@ def evaluate(
 @click.option("--timeout", type=float, default=None, help="Stop starting trials after SEC seconds.")
 @output_option(".")
 @click.option("--seed", type=int, default=None, help="Sampler seed [default: 42].")
+@tracking_option
 @click.pass_context
 def tune(
     ctx: click.Context,
@@ -552,10 +578,12 @@ def tune(
     timeout,
     output_path,
     seed,
+    tracking_uri,
 ) -> None:
     """Search hyperparameters with Optuna over walk-forward cross-validation.
 
     Resumes the stored study; writes {model}_{asset}_best_params.json and report plots.
+    With a tracking URI: one MLflow run per tune, a child run per trial.
 
     \b
     Example:
@@ -581,6 +609,7 @@ def tune(
         timeout=timeout,
         output_path=output_path,
         seed=seed,
+        tracking_uri=tracking_uri,
     )
     _require(s.asset_id, "--asset-id", "asset_id")
     _require(s.tune_end_date, "--end-date", "tune_end_date")
@@ -623,6 +652,185 @@ def studies(ctx: click.Context, db_url, storage_url, optuna_schema, as_json) -> 
     for row in rows:
         counts = ", ".join(f"{k.lower()} {v}" for k, v in row["trials"].items())
         click.echo(f"{row['name']}: best {row['best_value']} ({counts})")
+
+
+@cli.group(cls=KallosGroup, context_settings=CONTEXT_SETTINGS)
+@tracking_option
+@click.pass_context
+def registry(ctx: click.Context, tracking_uri) -> None:
+    """List, promote, roll back and archive registered model versions (MLflow).
+
+    A version is {model}_{asset}_{timeframe} as `kallos-run train --tracking-uri` registered
+    it; `evaluate --tracking-uri` records its hold-out metrics.
+
+    \b
+    Example:
+      kallos-run registry --tracking-uri sqlite:///mlflow.db list --asset-id BTC
+      kallos-run registry promote --asset-id BTC --version 2 --max-skill-ratio 1.0
+    """
+    ctx.obj["tracking_uri"] = tracking_uri
+
+
+def registry_options(func: Callable) -> Callable:
+    """`--tracking-uri`, `--model-name`, `--asset-id`, `--timeframe` for registry commands."""
+    return tracking_option(model_option(asset_options(func)))
+
+
+def _registry_settings(ctx: click.Context, tracking_uri, model_name, asset_id, timeframe):
+    s = _settings(
+        ctx,
+        tracking_uri=tracking_uri or ctx.obj.get("tracking_uri"),
+        model_name=model_name,
+        asset_id=asset_id,
+        timeframe=timeframe,
+    )
+    _require(s.tracking_uri, "--tracking-uri", "tracking_uri")
+    return s
+
+
+_HEADLINE = ("rmse", "naive_rmse", "rmse_ratio", "directional_accuracy", "sharpe")
+
+
+def _fmt_number(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+@registry.command("list", context_settings=CONTEXT_SETTINGS)
+@registry_options
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON list of objects.")
+@click.pass_context
+def registry_list(ctx: click.Context, tracking_uri, model_name, asset_id, timeframe, as_json):
+    """List registered versions with their aliases and latest hold-out metrics.
+
+    Without --asset-id, every registered model's versions.
+
+    \b
+    Example:
+      kallos-run registry list --asset-id BTC --tracking-uri sqlite:///mlflow.db
+    """
+    from kallos_models import registry as registry_mod
+
+    s = _registry_settings(ctx, tracking_uri, model_name, asset_id, timeframe)
+    rows = registry_mod.list_versions(s)
+    if as_json:
+        _echo_json(rows)
+        return
+    line = (
+        "{name:<20} {version:>7}  {aliases:<16} {retired:<7}  {run_id:<32}  {rmse:>10} "
+        "{naive_rmse:>10} {rmse_ratio:>10} {directional_accuracy:>8} {sharpe:>7}"
+    )
+    click.echo(
+        line.format(
+            name="name",
+            version="version",
+            aliases="aliases",
+            retired="retired",
+            run_id="run_id",
+            rmse="rmse",
+            naive_rmse="naive_rmse",
+            rmse_ratio="rmse_ratio",
+            directional_accuracy="dir_acc",
+            sharpe="sharpe",
+        )
+    )
+    for row in rows:
+        numbers = {k: _fmt_number(row[k]) for k in _HEADLINE}
+        click.echo(
+            line.format(
+                name=row["name"],
+                version=row["version"],
+                aliases=",".join(row["aliases"]) or "-",
+                retired="yes" if row["retired"] else "no",
+                run_id=row["run_id"] or "-",
+                **numbers,
+            )
+        )
+
+
+@registry.command("promote", context_settings=CONTEXT_SETTINGS)
+@registry_options
+@click.option("--version", "version", required=True, type=int, help="Version to promote.")
+@click.option("--alias", default="champion", show_default=True, help="Alias to point at it.")
+@click.option(
+    "--max-skill-ratio", type=float, default=None, help="Refuse if rmse_ratio is above this."
+)
+@click.option(
+    "--min-directional-accuracy",
+    type=float,
+    default=None,
+    help="Refuse if directional_accuracy (0..1) is below this.",
+)
+@click.option(
+    "--min-sharpe",
+    type=float,
+    default=None,
+    help="Refuse if the backtest strategy's annualised Sharpe is below this.",
+)
+@click.pass_context
+def registry_promote(
+    ctx: click.Context,
+    tracking_uri,
+    model_name,
+    asset_id,
+    timeframe,
+    version,
+    alias,
+    max_skill_ratio,
+    min_directional_accuracy,
+    min_sharpe,
+):
+    """Point an alias at a version whose hold-out evaluation passes the thresholds.
+
+    A refusal says which threshold failed and the value (exit status 1).
+
+    \b
+    Example:
+      kallos-run registry promote --asset-id BTC --version 2 --alias champion \\
+          --max-skill-ratio 1.0 --min-directional-accuracy 0.5 --min-sharpe 0.5
+    """
+    from kallos_models import registry as registry_mod
+
+    s = _registry_settings(ctx, tracking_uri, model_name, asset_id, timeframe)
+    thresholds = registry_mod.Thresholds(
+        max_skill_ratio=max_skill_ratio,
+        min_directional_accuracy=min_directional_accuracy,
+        min_sharpe=min_sharpe,
+    )
+    _echo_json(registry_mod.promote(s, version, alias=alias, thresholds=thresholds))
+
+
+@registry.command("rollback", context_settings=CONTEXT_SETTINGS)
+@registry_options
+@click.option("--alias", default="champion", show_default=True, help="Alias to move back.")
+@click.pass_context
+def registry_rollback(ctx: click.Context, tracking_uri, model_name, asset_id, timeframe, alias):
+    """Move an alias back to the version that held it before.
+
+    \b
+    Example:
+      kallos-run registry rollback --asset-id BTC --alias champion
+    """
+    from kallos_models import registry as registry_mod
+
+    s = _registry_settings(ctx, tracking_uri, model_name, asset_id, timeframe)
+    _echo_json(registry_mod.rollback(s, alias=alias))
+
+
+@registry.command("archive", context_settings=CONTEXT_SETTINGS)
+@registry_options
+@click.option("--version", "version", required=True, type=int, help="Version to retire.")
+@click.pass_context
+def registry_archive(ctx: click.Context, tracking_uri, model_name, asset_id, timeframe, version):
+    """Tag a version retired: it can no longer be promoted or rolled back to.
+
+    \b
+    Example:
+      kallos-run registry archive --asset-id BTC --version 1
+    """
+    from kallos_models import registry as registry_mod
+
+    s = _registry_settings(ctx, tracking_uri, model_name, asset_id, timeframe)
+    _echo_json(registry_mod.archive(s, version))
 
 
 @cli.command("demo-data", context_settings=CONTEXT_SETTINGS)

@@ -8,6 +8,10 @@ Precedence, highest first:
    environment wins over it);
 3. ``config.json`` in the working directory, or the file given by ``kallos-run --config``;
 4. built-in defaults.
+
+``tracking_uri`` has one more source between 3 and 4: MLflow's own ``MLFLOW_TRACKING_URI``
+(environment or ``.env``), used only when no flag, ``KALLOS_TRACKING_URI`` or config.json
+value sets it. Unset everywhere, tracking is off.
 """
 
 from __future__ import annotations
@@ -103,6 +107,10 @@ class Settings:
     # ingest
     binance_archive_url: str = "https://data.binance.vision"
     binance_cache_dir: str | None = None
+    # experiment tracking and model registry (MLflow, the optional "mlflow" extra)
+    tracking_uri: str | None = None
+    tracking_experiment: str = "kallos-models"
+    tracking_artifact_location: str | None = None
 
     def replace(self, **changes: Any) -> Settings:
         """Return a copy with ``changes`` applied (validated like any other source)."""
@@ -197,6 +205,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"max_epochs must be at least 1, got {s.max_epochs}")
     if s.horizon < 1:
         raise ConfigError(f"horizon must be at least 1, got {s.horizon}")
+    if not s.tracking_experiment:
+        raise ConfigError("tracking_experiment must not be empty; e.g. kallos-models")
     if s.max_gap_bars < 0:
         raise ConfigError(f"max_gap_bars must be 0 or more, got {s.max_gap_bars}")
     for key in (
@@ -348,6 +358,8 @@ def resolve_settings(
             break
     if not merged.get("db_url") and not merged.get("db_kwargs"):
         merged["db_url"] = f"sqlite:///{(base / 'kallos.db').as_posix()}"
+    if not merged.get("tracking_uri") and env.get("MLFLOW_TRACKING_URI"):
+        merged["tracking_uri"] = env["MLFLOW_TRACKING_URI"]  # MLflow's own variable, lowest
     return _build(merged, source="settings")
 
 

@@ -662,12 +662,16 @@ class EvaluationResult:
         ``{output_path}/{asset}_evaluation_plot.png``.
     forecasts
         One row per evaluated bar: ``actual``, ``forecast``, ``naive``, ``origin_close``.
+    tracking
+        Where :func:`kallos_models.tracking.log_evaluation` logged the metrics (registered
+        model, version, run id), or None when tracking is off.
     """
 
     metrics: dict[str, Any]
     metrics_path: Path
     plot_path: Path
     forecasts: pd.DataFrame
+    tracking: dict[str, Any] | None = None
 
 
 def _manifest_value(manifest: Mapping[str, Any], key: str, bundle: str) -> Any:
@@ -714,9 +718,13 @@ def evaluate_model(
         (default None writes to ``./evaluation_results``), and ``backtest_mode``,
         ``backtest_threshold`` and ``fee_bps`` for the backtest.
     model_path
-        The bundle's model file (``{model}_{asset}.pt``).
+        The bundle's model file (``{model}_{asset}.pt``), or a registry URI
+        (``models:/NAME@ALIAS``, ``models:/NAME/VERSION``): that version's bundle is
+        downloaded to a temporary directory and verified like a local one (needs
+        ``tracking_uri``).
     scaler_path
         The bundle's scaler file; default None takes it from the manifest beside the model.
+        Not with a registry URI.
     horizon
         Forecast step scored, in bars; default None uses ``settings.horizon``.
 
@@ -735,8 +743,37 @@ def evaluate_model(
     DataError
         The window starts on or before the end of training (leakage), too little history
         before the window, or no rows in it.
+    TrackingError
+        A registry URI names no registered model, version or alias; MLflow refused to log.
+
+    Notes
+    -----
+    With ``tracking_uri`` set the metrics and plot are logged to the run of the model version
+    trained as this bundle (:func:`kallos_models.tracking.log_evaluation`).
     """
-    from kallos_models import artifacts, datasets
+    from kallos_models import registry, tracking
+
+    tracking.require_mlflow(settings)
+    if tracking.is_registry_uri(model_path):
+        if scaler_path is not None:
+            raise ConfigError(
+                "--scaler-path does not go with a models:/ URI: the registered bundle brings "
+                "its own scaler"
+            )
+        with registry.downloaded_bundle(settings, str(model_path)) as local_model:
+            return _evaluate_bundle(settings, local_model, None, horizon, str(model_path))
+    return _evaluate_bundle(settings, model_path, scaler_path, horizon, str(Path(model_path)))
+
+
+def _evaluate_bundle(
+    settings: Settings,
+    model_path: str | Path,
+    scaler_path: str | Path | None,
+    horizon: int | None,
+    source: str,
+) -> EvaluationResult:
+    """:func:`evaluate_model` on a local bundle; ``source`` is what the record calls it."""
+    from kallos_models import artifacts, datasets, tracking
 
     start_ts = parse_date(settings.test_start_date, "test_start_date")
     end_ts = parse_date(settings.test_end_date, "test_end_date")
@@ -860,7 +897,7 @@ def evaluate_model(
         "n_filled": 0 if filled is None else int(filled.astype(bool).sum()),
         "mase_scale_source": "mean |close[t] - close[t-1]| over the window, from the bar "
         "before its first (the naive one-step MAE)",
-        "model_path": str(Path(model_path)),
+        "model_path": source,
         **metrics,
         "backtest": backtest,
     }
@@ -892,6 +929,13 @@ def evaluate_model(
         metrics["naive"]["rmse"],
         metrics["rmse_ratio"],
     )
+    tracked = tracking.log_evaluation(
+        settings, bundle.paths.manifest, record, metrics_path, plot_path
+    )  # None unless tracking is on
     return EvaluationResult(
-        metrics=record, metrics_path=metrics_path, plot_path=plot_path, forecasts=results
+        metrics=record,
+        metrics_path=metrics_path,
+        plot_path=plot_path,
+        forecasts=results,
+        tracking=tracked,
     )

@@ -8,6 +8,7 @@ no early stopping) and save the bundle with :func:`kallos_models.artifacts.save_
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kallos_models import architectures, artifacts, datasets, training
+from kallos_models import architectures, artifacts, datasets, tracking, training
 from kallos_models.artifacts import BundlePaths
 from kallos_models.config import Settings
 from kallos_models.errors import ConfigError, DataError
@@ -106,10 +107,15 @@ def read_params_file(path: str | Path) -> tuple[dict[str, Any], int | None]:
 
 @dataclass(frozen=True)
 class TrainResult:
-    """The bundle written by :func:`train_model` and its manifest."""
+    """The bundle written by :func:`train_model` and its manifest.
+
+    ``tracking`` is what :func:`kallos_models.tracking.log_training` registered (model name,
+    version, run id), or None when tracking is off.
+    """
 
     paths: BundlePaths
     manifest: dict[str, Any]
+    tracking: dict[str, Any] | None = None
 
     def as_dict(self) -> dict[str, Any]:
         """JSON for stdout: the headline fields and the bundle paths.
@@ -119,9 +125,11 @@ class TrainResult:
         dict
             ``model_name``, ``asset_id``, ``timeframe``, ``train_start``, ``train_end``,
             ``train_rows``, ``n_epochs``, ``accelerator``, ``training_seconds`` and ``paths``
-            (``model``, ``checkpoint``, ``scaler``, ``manifest``).
+            (``model``, ``checkpoint``, ``scaler``, ``manifest``); plus ``tracking`` when the
+            bundle was registered.
         """
         m = self.manifest
+        tracked = {"tracking": self.tracking} if self.tracking is not None else {}
         return {
             "model_name": m.get("model_name"),
             "asset_id": m.get("asset_id"),
@@ -133,6 +141,7 @@ class TrainResult:
             "accelerator": m.get("accelerator"),
             "training_seconds": m.get("training_seconds"),
             "paths": self.paths.as_dict(),
+            **tracked,
         }
 
 
@@ -197,7 +206,8 @@ def train_model(
         ``start_date``, ``db_url``/``db_kwargs``, ``output_path`` (None: ``./trained_models``),
         ``seed``, ``max_epochs`` (a cap on ``n_epochs``), ``accelerator``, ``devices``,
         ``precision``, ``max_gap_bars``, ``feature_groups``, ``optional_features``,
-        ``group_scalers``, ``target_col`` and ``target_transform``. No default.
+        ``group_scalers``, ``target_col``, ``target_transform``, and ``tracking_uri`` (log
+        the run and register the bundle in MLflow when set). No default.
     params : Mapping[str, Any] or str or Path
         Hyperparameters, or a JSON file read with :func:`read_params_file`. No default.
         Epochs: ``min(n_epochs, settings.max_epochs)`` when the parameters carry
@@ -225,6 +235,8 @@ def train_model(
         No rows, a long gap, or fewer rows than ``input_chunk_length + output_chunk_length + 1``.
     DatabaseError
         The database cannot be reached.
+    TrackingError
+        Tracking is on and MLflow refused the run or the registration (the bundle is kept).
     """
     if not settings.train_end_date:
         raise ConfigError(
@@ -236,6 +248,7 @@ def train_model(
             "missing --asset-id: name the asset to train on (asset_id in config.json, "
             "KALLOS_ASSET_ID in the environment)"
         )
+    tracking.require_mlflow(settings)  # before any training: a missing extra fails now
     model_name = settings.model_name
     spec = architectures.get_spec(model_name)
     values = _resolve_params(params)
@@ -342,4 +355,6 @@ def train_model(
         fit.seconds,
         paths.model,
     )
-    return TrainResult(paths=paths, manifest=written)
+    result = TrainResult(paths=paths, manifest=written)
+    tracked = tracking.log_training(settings, result)  # None unless tracking is on
+    return dataclasses.replace(result, tracking=tracked) if tracked else result

@@ -41,7 +41,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
-from kallos_models import architectures, datasets, db, errors
+from kallos_models import architectures, datasets, db, errors, tracking
 from kallos_models.config import Settings, parse_date, resolve_settings
 from kallos_models.errors import ConfigError, DatabaseError, DataError, KallosError, ModelError
 
@@ -881,23 +881,27 @@ def _best_payload(
 
 
 def _save_plot(path: Path, draw: Callable[[], Any]) -> Path:
-    import matplotlib
+    """Draw an Optuna matplotlib plot and write it as PNG.
 
-    matplotlib.use("Agg", force=False)
+    Optuna's plots call ``plt.style.use("ggplot")``; the ``rc_context`` undoes that on exit, so
+    the style does not leak into later figures (the evaluation plot, a notebook's own).
+    """
+    import io
+
+    import matplotlib
     import matplotlib.pyplot as plt
 
-    result = draw()
-    figure = result.figure if hasattr(result, "figure") else result[0].figure
-    try:
-        figure.set_size_inches(8, 5)
-        figure.tight_layout()
-        import io
-
-        buffer = io.BytesIO()
-        figure.savefig(buffer, format="png", dpi=100)
-        return _atomic_write_bytes(path, buffer.getvalue())
-    finally:
-        plt.close(figure)
+    with matplotlib.rc_context():
+        result = draw()
+        figure = result.figure if hasattr(result, "figure") else result[0].figure
+        try:
+            figure.set_size_inches(8, 5)
+            figure.tight_layout()
+            buffer = io.BytesIO()
+            figure.savefig(buffer, format="png", dpi=100)
+            return _atomic_write_bytes(path, buffer.getvalue())
+        finally:
+            plt.close(figure)
 
 
 def _write_reports(study: Any, settings: Settings, out_dir: Path) -> list[Path]:
@@ -1065,7 +1069,9 @@ def tune(
         ``tune_end_date`` (required), ``db_url``/``db_kwargs``, ``storage_url``,
         ``optuna_schema``, ``study_name``, ``n_trials``, ``workers``, ``max_epochs``,
         ``metric``, ``seed``, ``timeout``, ``heartbeat_interval``, ``grace_period``,
-        ``output_path``, the feature and target settings and the trainer settings.
+        ``output_path``, the feature and target settings and the trainer settings; with
+        ``tracking_uri`` set, one MLflow parent run and a child run per trial
+        (:class:`kallos_models.tracking.TuneTracker`).
     show_progress : bool, default False
         Show Lightning progress bars and Optuna's own log lines.
     search_space : callable or None, default None
@@ -1099,6 +1105,7 @@ def tune(
     import optuna
 
     started = time.time()
+    tracker = tracking.TuneTracker(settings)  # a no-op without tracking; no MLflow: fails now
     architectures.get_spec(settings.model_name)  # unknown model: ModelError listing the names
     if not settings.asset_id:
         raise ConfigError("no asset to tune: pass --asset-id (asset_id=...), e.g. BTC")
@@ -1187,6 +1194,7 @@ def tune(
             job = _replace_job(job, deadline=time.time() + float(settings.timeout))
         owners = {_owner_tag()}
         outcomes: list[tuple[int, str, str | None, str | None]] = []
+        tracker.start(job.study_name, storage_spec.masked)
         try:
             n_workers = min(settings.workers, missing)
             if n_workers == 1:
@@ -1203,9 +1211,17 @@ def tune(
             )
             with contextlib.suppress(Exception):
                 _write_outputs(study, settings, storage_spec)
+            tracker.finish(study, owners, status="KILLED")
+            raise
+        except BaseException:
+            tracker.finish(study, owners, status="FAILED")
             raise
         params_path, reports, payload = _write_outputs(study, settings, storage_spec)
         counts = _states(study)
+        failed = any(status != "ok" for _, status, _, _ in outcomes)
+        tracker.finish(
+            study, owners, status="FAILED" if failed else "FINISHED", files=[params_path, *reports]
+        )
 
     _raise_worker_errors(outcomes, counts, settings)
     timed_out = job.deadline is not None and time.time() >= job.deadline

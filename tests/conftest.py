@@ -100,8 +100,8 @@ def shared_data() -> Path:
 
 @pytest.fixture(autouse=True)
 def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """No test reads the developer's KALLOS_* / POSTGRES_* variables or ./config.json."""
+    """No test reads the developer's KALLOS_* / POSTGRES_* / MLFLOW_* variables or ./config.json."""
     for key in list(os.environ):
-        if key.startswith(("KALLOS_", "POSTGRES_")) and key != "KALLOS_TEST_PG_URL":
+        if key.startswith(("KALLOS_", "POSTGRES_", "MLFLOW_")) and key != "KALLOS_TEST_PG_URL":
             monkeypatch.delenv(key, raising=False)
     monkeypatch.chdir(tmp_path)

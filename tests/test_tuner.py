@@ -430,3 +430,12 @@ def test_run_tuning_notebook_call_honours_the_environment(
     assert pg_states(pg_data, "nb_optuna") == {0: "COMPLETE", 1: "COMPLETE"}
     with pytest.raises(ConfigError, match="unknown settings: bogus"):
         tuner.run_tuning("BTC", END, db_kwargs, None, "gru", None, None, None, 1, bogus=1)
+
+
+def test_tuning_reports_do_not_change_the_global_plot_style(sqlite_data: str) -> None:
+    import matplotlib
+
+    before = dict(matplotlib.rcParams)
+    tuner.tune(settings_for(sqlite_data), search_space=tiny_space)
+    changed = {k for k, v in matplotlib.rcParams.items() if before.get(k) != v}
+    assert not changed, sorted(changed)[:5]
