@@ -29,23 +29,23 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=8)
     parser.add_argument("--max-epochs", type=int, default=1)
     args = parser.parse_args()
-    import optuna
-
     from kallos_models import tuner
     from kallos_models.config import resolve_settings
 
     work = Path(tempfile.mkdtemp(prefix="kallos_bench_mem_"))
     url = f"sqlite:///{work / 'kallos.db'}"
     ingest_shared(url, "BTCUSD", "2h", "ohlcv/BTCUSD_2h_bitstamp.csv")
-    after_trial: list[float] = []
-    original = optuna.study.Study.tell
+    from kallos_models import training
 
-    def tell(self, *a, **kw):  # observe memory as each trial finishes
-        out = original(self, *a, **kw)
-        after_trial.append(rss_mb())
+    after_fit: list[float] = []
+    original = training.fit_forecaster
+
+    def observed_fit(*a, **kw):  # resident memory after every fold's fit
+        out = original(*a, **kw)
+        after_fit.append(rss_mb())
         return out
 
-    optuna.study.Study.tell = tell
+    training.fit_forecaster = observed_fit
     settings = resolve_settings(
         {
             "db_url": url,
@@ -64,18 +64,20 @@ def main() -> None:
     )
     tuner.tune(settings)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    second, last = after_trial[1], after_trial[-1]
+    if len(after_fit) < 4:
+        raise SystemExit(f"only {len(after_fit)} fits ran; nothing to compare")
+    second, last = after_fit[1], after_fit[-1]
     growth = last - second
     record(
         "tune_memory",
         {
             "what": "peak memory of a tune on the 55k-row 2h series "
             f"(NLinear, {args.trials} trials)",
-            "compared_with": "itself across trials (RSS after trial 2 vs after the last)",
+            "compared_with": "itself across trials (RSS after the 2nd fold fit vs after the last)",
             "target": "recorded; no growth across trials",
-            "measured": f"peak {peak:.0f} MB; RSS after trials: "
-            + ", ".join(f"{v:.0f}" for v in after_trial)
-            + f" MB (growth {growth:+.0f} MB)",
+            "measured": f"peak {peak:.0f} MB; RSS after each of {len(after_fit)} fold fits: "
+            f"{after_fit[0]:.0f} .. {max(after_fit):.0f} MB, last {last:.0f} MB "
+            f"(growth from fit 2 {growth:+.0f} MB)",
             "verdict": "no growth" if growth <= 0.05 * second else "grows",
             "command": f"python bench/tune_memory.py --trials {args.trials} "
             f"--max-epochs {args.max_epochs}",
