@@ -31,11 +31,12 @@ import pickle
 import platform
 import re
 import secrets
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import date, datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from kallos_models.errors import ArtifactError
 from kallos_models.preprocessing import FeaturePreprocessor
@@ -183,6 +184,32 @@ def check_overwrite(paths: BundlePaths, *, overwrite: bool = False) -> None:
                 f"bundle file {path} already exists; pass --overwrite (overwrite=True in "
                 "Python) to replace the bundle, or choose another --output-path"
             )
+
+
+def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
+    """Write ``path`` through a temporary file in the same directory, then ``os.replace``.
+
+    A crash leaves the old file or the new one, never half of one; the temporary file is
+    removed on any error. ``write`` receives the open binary handle.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
+    """:func:`atomic_write` of a bytes payload."""
+    return atomic_write(path, lambda handle: handle.write(data))
 
 
 def sha256_file(path: Path) -> str:

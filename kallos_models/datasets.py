@@ -21,6 +21,7 @@ from sqlalchemy.engine import URL, Engine
 from kallos_models import db
 from kallos_models.config import (
     DEFAULT_FEATURE_GROUPS,
+    Settings,
     parse_date,
     timeframe_to_freq,
     timeframe_to_timedelta,
@@ -530,3 +531,21 @@ def get_walk_forward_splits(
         val_start = n_rows - (n_splits - fold) * val_size
         train_start = 0 if expanding else val_start - min_train_size
         yield frame.iloc[train_start:val_start], frame.iloc[val_start : val_start + val_size]
+
+
+def prepare_from_settings(
+    settings: Settings, train_df: pd.DataFrame, val_df: pd.DataFrame | None = None
+) -> PreparedSeries:
+    """:func:`prepare_darts_timeseries` with the feature and target choices of ``settings``.
+
+    The one place where the tuner (per fold) and the trainer turn settings into series.
+    """
+    return prepare_darts_timeseries(
+        train_df,
+        val_df,
+        feature_groups=settings.feature_groups,
+        target_col=settings.target_col,
+        target_transform=settings.target_transform,
+        group_scalers=settings.group_scalers or None,
+        optional_features=tuple(settings.optional_features),
+    )

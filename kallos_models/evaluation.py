@@ -21,16 +21,15 @@ import dataclasses
 import json
 import logging
 import math
-import os
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from kallos_models.artifacts import atomic_write
 from kallos_models.backtest import BacktestConfig, backtest_curves, run_backtest
 from kallos_models.config import Settings, parse_date, timeframe_to_timedelta
 from kallos_models.errors import ArtifactError, ConfigError, DataError, ModelError
@@ -457,22 +456,6 @@ def safe_asset_name(asset_id: str) -> str:
     return safe_file_stem(str(asset_id))
 
 
-def _atomic_write(path: Path, write: Callable[[IO[bytes]], object]) -> Path:
-    """Write ``path`` through a temporary file in the same directory and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _fmt_price(value: float | None) -> str:
     if value is None:
         return "n/a"
@@ -639,7 +622,7 @@ def plot_evaluation(
     fig.suptitle(f"{title}\n{headline}", fontsize=11)
 
     target = Path(path)
-    _atomic_write(target, lambda handle: fig.savefig(handle, format="png", dpi=110))
+    atomic_write(target, lambda handle: fig.savefig(handle, format="png", dpi=110))
     return target
 
 
@@ -904,7 +887,7 @@ def _evaluate_bundle(
 
     out_dir = Path(settings.output_path or DEFAULT_OUTPUT_PATH)
     stem = safe_asset_name(str(settings.asset_id))
-    metrics_path = _atomic_write(
+    metrics_path = atomic_write(
         out_dir / f"{stem}_evaluation_metrics.json",
         lambda handle: handle.write(
             (json.dumps(record, indent=2, allow_nan=False) + "\n").encode("utf-8")

@@ -283,14 +283,7 @@ def train_model(
             f"{output_chunk_length} + 1); use an earlier --start-date, a later --end-date, or a "
             "smaller input_chunk_length"
         )
-    prepared = datasets.prepare_darts_timeseries(
-        frame,
-        feature_groups=settings.feature_groups,
-        target_col=settings.target_col,
-        target_transform=settings.target_transform,
-        group_scalers=settings.group_scalers or None,
-        optional_features=tuple(settings.optional_features),
-    )
+    prepared = datasets.prepare_from_settings(settings, frame)
     trainer_kwargs = training.build_trainer_kwargs(
         accelerator=settings.accelerator,
         devices=settings.devices,

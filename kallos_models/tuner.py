@@ -29,7 +29,6 @@ import os
 import re
 import signal
 import socket
-import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping
@@ -42,6 +41,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import URL
 
 from kallos_models import architectures, datasets, db, errors, tracking
+from kallos_models.artifacts import atomic_write_bytes
 from kallos_models.config import Settings, parse_date, resolve_settings
 from kallos_models.errors import ConfigError, DatabaseError, DataError, KallosError, ModelError
 
@@ -453,16 +453,7 @@ def _folds(job: _Job) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
 
 
 def _prepare(job: _Job, train_df: pd.DataFrame, val_df: pd.DataFrame) -> Any:
-    s = job.settings
-    return datasets.prepare_darts_timeseries(
-        train_df,
-        val_df,
-        feature_groups=s.feature_groups,
-        target_col=s.target_col,
-        target_transform=s.target_transform,
-        group_scalers=s.group_scalers or None,
-        optional_features=tuple(s.optional_features),
-    )
+    return datasets.prepare_from_settings(job.settings, train_df, val_df)
 
 
 def _make_objective(job: _Job, gate: _TrialGate) -> Callable[[Any], float]:
@@ -827,21 +818,6 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def _stem(settings: Settings) -> str:
     from kallos_models.artifacts import safe_file_stem
 
@@ -899,7 +875,7 @@ def _save_plot(path: Path, draw: Callable[[], Any]) -> Path:
             figure.tight_layout()
             buffer = io.BytesIO()
             figure.savefig(buffer, format="png", dpi=100)
-            return _atomic_write_bytes(path, buffer.getvalue())
+            return atomic_write_bytes(path, buffer.getvalue())
         finally:
             plt.close(figure)
 
@@ -958,7 +934,7 @@ def _write_outputs(
     out_dir = Path(settings.output_path or ".")
     path = out_dir / f"{_stem(settings)}_best_params.json"
     text = json.dumps(payload, indent=2, default=_json_default) + "\n"
-    _atomic_write_bytes(path, text.encode("utf-8"))
+    atomic_write_bytes(path, text.encode("utf-8"))
     logger.info("best params of trial %d written to %s", payload["best_trial"], path)
     reports = _write_reports(study, settings, out_dir)
     return path, reports, payload
