@@ -5,6 +5,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import click
 import pytest
 from click.testing import CliRunner
 
@@ -25,14 +26,25 @@ def assert_error(result, needle: str, code: int = 1) -> None:
     assert "Traceback" not in result.output
 
 
+def _commands(group: click.Group, prefix: list[str]) -> list[list[str]]:
+    out = []
+    for name, command in group.commands.items():
+        out.append([*prefix, name])
+        if isinstance(command, click.Group):
+            out += _commands(command, [*prefix, name])
+    return out
+
+
 def test_help_lists_commands_with_examples() -> None:
     result = run("--help")
     assert result.exit_code == 0
-    for name in ("ingest", "assets"):
+    for name in ("ingest", "assets", "models", "tune", "studies", "train", "evaluate", "demo"):
         assert name in result.output
-    for name in ("ingest", "assets"):
-        sub = run(name, "-h")
-        assert sub.exit_code == 0 and "Example:" in sub.output
+    commands = _commands(cli, [])
+    assert len(commands) >= 14
+    for args in commands:
+        sub = run(*args, "-h")
+        assert sub.exit_code == 0 and "Example:" in sub.output, args
 
 
 def test_help_does_not_import_heavy_libraries() -> None:
