@@ -720,7 +720,12 @@ def _forward_logs(queue: Any) -> None:
 def _run_workers(
     job: _Job, owners: set[str], n_workers: int
 ) -> list[tuple[int, str, str | None, str | None]]:
-    """Run ``n_workers`` spawned worker processes to completion."""
+    """Run ``n_workers`` workers to completion: this process is worker 0, the others are
+    spawned processes.
+
+    This process has its imports and data loaded already; spawning it a twin would pay a
+    second start-up (importing torch and Darts takes seconds) for nothing.
+    """
     import multiprocessing
     import threading
 
@@ -734,8 +739,9 @@ def _run_workers(
     worker_job = _replace_job(job, torch_threads=threads)
     processes = []
     host = socket.gethostname()
+    own_outcome: tuple[int, str, str | None, str | None] = (0, "ok", None, None)
     try:
-        for index in range(n_workers):
+        for index in range(1, n_workers):
             process = ctx.Process(
                 target=_worker_process,
                 args=(worker_job, index, log_queue, result_queue, level),
@@ -744,8 +750,23 @@ def _run_workers(
             process.start()
             owners.add(f"{host}:{process.pid}")
             processes.append(process)
-        logger.info("started %d worker processes (torch threads %d each)", n_workers, threads)
+        logger.info(
+            "running %d workers: this process and %d spawned (torch threads %d each)",
+            n_workers,
+            n_workers - 1,
+            threads,
+        )
         try:
+            import torch
+
+            previous_threads = torch.get_num_threads()
+            torch.set_num_threads(threads)
+            try:
+                _run_worker(worker_job, 0)
+            except KallosError as exc:
+                own_outcome = (0, "error", type(exc).__name__, str(exc))
+            finally:
+                torch.set_num_threads(previous_threads)
             while any(p.is_alive() for p in processes):
                 for p in processes:
                     p.join(timeout=0.5)
@@ -759,11 +780,11 @@ def _run_workers(
             p.join()
         log_queue.put(None)
         forwarder.join(timeout=5)
-    outcomes = []
+    outcomes = [own_outcome]
     while not result_queue.empty():
         outcomes.append(result_queue.get())
     reported = {o[0] for o in outcomes}
-    for index, p in enumerate(processes):
+    for index, p in enumerate(processes, start=1):
         if index not in reported:
             outcomes.append((index, "died", None, f"exit code {p.exitcode}"))
     return sorted(outcomes)
