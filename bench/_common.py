@@ -98,6 +98,7 @@ def record_ratio(
     ours: Sequence[float],
     theirs: Sequence[float],
     command: str,
+    note: str = "",
 ) -> float:
     """Record median(ours) / median(theirs) of wall seconds against a ``<= target`` goal."""
     ratio = median(ours) / median(theirs)
@@ -108,7 +109,7 @@ def record_ratio(
             "compared_with": compared_with,
             "target": f"<= {target:g}x",
             "measured": f"{ratio:.3f}x ({median(ours):.2f} s vs {median(theirs):.2f} s, "
-            f"median of {len(ours)})",
+            f"median of {len(ours)})" + (f"; {note}" if note else ""),
             "verdict": "met" if ratio <= target else "missed",
             "command": command,
         },
