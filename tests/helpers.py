@@ -110,3 +110,15 @@ TINY_PARAMS: dict[str, dict] = {
 
 def tiny_params(model_name: str) -> dict:
     return {**COMMON_TINY, **TINY_PARAMS[model_name]}
+
+
+def assert_error(result, *needles: str, code: int = 1) -> str:
+    """A CLI result that failed the way a user mistake must: the exit code, one `Error:` line
+    on stderr holding every needle, and no traceback. Returns that line."""
+    assert result.exit_code == code, result.output
+    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("Error:")]
+    assert len(lines) == 1, result.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    assert "Traceback" not in result.output
+    return lines[0]

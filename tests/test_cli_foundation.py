@@ -11,19 +11,11 @@ from click.testing import CliRunner
 
 from kallos_models import db
 from kallos_models.cli import cli
-from tests.helpers import make_ohlcv, write_binance_csv
+from tests.helpers import assert_error, make_ohlcv, write_binance_csv
 
 
 def run(*args: str):
     return CliRunner().invoke(cli, list(args), catch_exceptions=False)
-
-
-def assert_error(result, needle: str, code: int = 1) -> None:
-    assert result.exit_code == code, result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("Error:")]
-    assert len(lines) == 1, result.stderr
-    assert needle in lines[0], lines[0]
-    assert "Traceback" not in result.output
 
 
 def _commands(group: click.Group, prefix: list[str]) -> list[list[str]]:

@@ -10,19 +10,11 @@ from click.testing import CliRunner
 
 from kallos_models import db, ingest
 from kallos_models.cli import cli
-from tests.helpers import make_ohlcv, write_binance_csv
+from tests.helpers import assert_error, make_ohlcv, write_binance_csv
 
 
 def run(*args: str):
     return CliRunner().invoke(cli, ["-q", *args], catch_exceptions=False)
-
-
-def assert_error(result, needle: str, code: int = 1) -> None:
-    assert result.exit_code == code, result.output
-    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("Error:")]
-    assert len(errors) == 1, result.stderr
-    assert needle in errors[0], errors[0]
-    assert "Traceback" not in result.output
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from click.testing import CliRunner
 from kallos_models import db, ingest
 from kallos_models.architectures import model_names
 from kallos_models.cli import cli
-from tests.helpers import tiny_params
+from tests.helpers import assert_error, tiny_params
 
 TRAIN_END = "2024-06-30"
 TEST_START, TEST_END = "2024-07-01", "2025-07-04"
@@ -24,14 +24,6 @@ TEST_START, TEST_END = "2024-07-01", "2025-07-04"
 
 def run(*args: str):
     return CliRunner().invoke(cli, ["-q", *args], catch_exceptions=False)
-
-
-def assert_error(result, needle: str, code: int = 1) -> None:
-    assert result.exit_code == code, result.output
-    errors = [ln for ln in result.stderr.splitlines() if ln.startswith("Error:")]
-    assert len(errors) == 1, result.stderr
-    assert needle in errors[0], errors[0]
-    assert "Traceback" not in result.output
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])

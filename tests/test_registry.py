@@ -14,7 +14,7 @@ from kallos_models import db, ingest, registry, tuner
 from kallos_models.cli import cli
 from kallos_models.config import resolve_settings
 from kallos_models.errors import ConfigError
-from tests.helpers import make_ohlcv, write_binance_csv
+from tests.helpers import assert_error, make_ohlcv, write_binance_csv
 
 pytest.importorskip("mlflow")
 
@@ -45,16 +45,6 @@ def ok(*args: str) -> Any:
     result = run(*args)
     assert result.exit_code == 0, result.output
     return json.loads(result.stdout)
-
-
-def assert_error(result, *needles: str) -> str:
-    assert result.exit_code == 1, result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("Error:")]
-    assert len(lines) == 1, result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 @pytest.fixture

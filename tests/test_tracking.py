@@ -14,7 +14,7 @@ from kallos_models import db, ingest, tracking, trainer
 from kallos_models.cli import cli
 from kallos_models.config import resolve_settings
 from kallos_models.errors import ConfigError
-from tests.helpers import make_ohlcv, tiny_params, write_binance_csv
+from tests.helpers import assert_error, make_ohlcv, tiny_params, write_binance_csv
 
 BARS = make_ohlcv(420)
 TRAIN_END = str(BARS.index[349].date())
@@ -24,16 +24,6 @@ INSTALL = 'pip install -e ".[mlflow]"'
 
 def run(*args: str):
     return CliRunner().invoke(cli, ["-q", *args], catch_exceptions=False)
-
-
-def assert_error(result, *needles: str) -> str:
-    assert result.exit_code == 1, result.output
-    lines = [ln for ln in result.stderr.splitlines() if ln.startswith("Error:")]
-    assert len(lines) == 1, result.stderr
-    for needle in needles:
-        assert needle in lines[0], lines[0]
-    assert "Traceback" not in result.output
-    return lines[0]
 
 
 @pytest.fixture(autouse=True)
