@@ -26,22 +26,12 @@ def data_url(tmp_path: Path, sqlite_url: str) -> str:
 
 def test_tune_then_train_from_its_params_file(tmp_path: Path, data_url: str) -> None:
     common = ["--asset-id", "BTC", "--db-url", data_url]
-    tuned = run(
-        "tune",
-        "--model-name",
-        "nlinear",
-        *common,
-        "--end-date",
-        "2022-01-31",
-        "--n-trials",
-        "2",
-        "--max-epochs",
-        "1",
-        "--output-path",
-        str(tmp_path / "tune"),
-        "--seed",
-        "3",
-    )
+    tune_args = [
+        "tune", "--model-name", "nlinear", *common, "--end-date", "2022-01-31",
+        "--n-trials", "2", "--max-epochs", "1", "--output-path", str(tmp_path / "tune"),
+        "--seed", "3",
+    ]  # fmt: skip
+    tuned = run(*tune_args)
     assert tuned.exit_code == 0, tuned.output
     summary = json.loads(tuned.stdout)
     params_path = Path(summary["params_path"])
@@ -70,22 +60,7 @@ def test_tune_then_train_from_its_params_file(tmp_path: Path, data_url: str) -> 
         assert manifest["params"][key] == value
     studies = json.loads(run("studies", "--db-url", data_url, "--json").stdout)
     assert [s["name"] for s in studies] == ["nlinear_BTC_1d"]
-    again = run(
-        "tune",
-        "--model-name",
-        "nlinear",
-        *common,
-        "--end-date",
-        "2022-01-31",
-        "--n-trials",
-        "2",
-        "--max-epochs",
-        "1",
-        "--output-path",
-        str(tmp_path / "tune"),
-        "--seed",
-        "3",
-    )
+    again = run(*tune_args)  # the same command again: the study already has its 2 trials
     assert json.loads(again.stdout)["n_new_trials"] == 0
 
 
