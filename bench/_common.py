@@ -133,7 +133,7 @@ def bench_space(trial, timeframe: str) -> dict:
 
 
 def ingest_shared(url: str, asset: str, timeframe: str, relative: str) -> None:
-    from kallos_models import db, ingest
+    from kallos_models.data import db, ingest
 
     ingest.ingest_file(db.create_db_engine(url), asset, timeframe, SHARED_DATA / relative)
 

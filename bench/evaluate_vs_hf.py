@@ -26,9 +26,13 @@ def main() -> None:
     args = parser.parse_args()
     import pandas as pd
 
-    from kallos_models import artifacts, datasets, db, evaluation, ingest, trainer
-    from kallos_models.backtest import backtest_curves
     from kallos_models.config import resolve_settings
+    from kallos_models.data import datasets, db, ingest
+    from kallos_models.modelling import bundles as artifacts
+    from kallos_models.modelling import forecasting, series
+    from kallos_models.modelling.backtest import backtest_curves
+    from kallos_models.stages import evaluate as evaluation
+    from kallos_models.stages import train as trainer
 
     work = Path(tempfile.mkdtemp(prefix="kallos_bench_eval_"))
     url = f"sqlite:///{work / 'kallos.db'}"
@@ -56,7 +60,7 @@ def main() -> None:
 
     loaded = artifacts.load_bundle(bundle.paths.model)
     model, pre = loaded.model, loaded.preprocessor
-    lookback = evaluation.lookback_bars(model.input_chunk_length, 1, pre.target_transform)
+    lookback = forecasting.lookback_bars(model.input_chunk_length, 1, pre.target_transform)
     start = pd.Timestamp(TEST_START)
     frame = datasets.load_features_from_db(
         "BTC",
@@ -65,9 +69,9 @@ def main() -> None:
         timeframe="4h",
         start_date=start - pd.Timedelta(hours=4) * (lookback + 60),
     )
-    offset = datasets._bar_offset(frame, "frame")
-    target = datasets._to_series(pre.transform_target(frame), offset)
-    covariates = datasets._to_series(pre.transform_covariates(frame), offset)
+    offset = series.bar_offset(frame, "frame")
+    target = series.to_series(pre.transform_target(frame), offset)
+    covariates = series.to_series(pre.transform_covariates(frame), offset)
 
     results = {}
 

@@ -21,9 +21,11 @@ DATA = ROOT.parent / "shared" / "data" / "binance_klines" / "BTCUSDT_1d.csv"
 
 
 def main() -> None:
-    from kallos_models import db, evaluation, ingest, trainer
-    from kallos_models.architectures import model_names
     from kallos_models.config import resolve_settings
+    from kallos_models.data import db, ingest
+    from kallos_models.modelling.zoo import model_names
+    from kallos_models.stages import evaluate as evaluation
+    from kallos_models.stages import train as trainer
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=20)

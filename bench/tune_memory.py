@@ -36,7 +36,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="kallos_bench_mem_"))
     url = f"sqlite:///{work / 'kallos.db'}"
     ingest_shared(url, "BTCUSD", "2h", "ohlcv/BTCUSD_2h_bitstamp.csv")
-    from kallos_models import training
+    from kallos_models.modelling import fitting as training
 
     after_fit: list[float] = []
     original = training.fit_forecaster

@@ -196,8 +196,8 @@ def ingest(
       kallos-run ingest --asset-id BTC --timeframe 4h --file BTCUSDT_4h.csv --skip-invalid
       kallos-run ingest --asset-id BTC --timeframe 1d --binance BTCUSDT --start 2018-01
     """
-    from kallos_models import db
-    from kallos_models import ingest as ingest_mod
+    from kallos_models.data import db
+    from kallos_models.data import ingest as ingest_mod
 
     if (file_path is None) == (symbol is None):
         raise click.UsageError("give exactly one of --file PATH or --binance SYMBOL")
@@ -222,7 +222,7 @@ def ingest(
             logger.warning(warning)
         _echo_json(summary.as_dict())
         return
-    from kallos_models import binance_archive
+    from kallos_models.data import binance_archive
 
     result = binance_archive.ingest_binance_archive(
         engine,
@@ -274,7 +274,7 @@ def assets(ctx: click.Context, db_url, as_json) -> None:
     Example:
       kallos-run assets --json
     """
-    from kallos_models import db
+    from kallos_models.data import db
 
     s = _settings(ctx, db_url=db_url)
     rows = db.list_assets(db.create_db_engine(s.db_url or s.db_kwargs))
@@ -329,7 +329,7 @@ def models(ctx: click.Context, timeframe, as_json) -> None:
     Example:
       kallos-run models --json
     """
-    from kallos_models import architectures
+    from kallos_models.modelling import zoo as architectures
 
     s = _settings(ctx, timeframe=timeframe)
     rows = architectures.list_models(s.timeframe)
@@ -395,7 +395,7 @@ def train(
       kallos-run train --model-name gru --asset-id BTC --end-date 2024-06-30 \\
           --params-file gru_BTC_best_params.json
     """
-    from kallos_models import trainer
+    from kallos_models import pipeline
 
     s = _settings(
         ctx,
@@ -414,7 +414,7 @@ def train(
     )
     _require(s.asset_id, "--asset-id", "asset_id")
     _require(s.train_end_date, "--end-date", "train_end_date")
-    result = trainer.train_model(
+    result = pipeline.train(
         s, params_file, overwrite=overwrite, show_progress=ctx.obj["verbose"] > 0
     )
     _echo_json(result.as_dict())
@@ -496,7 +496,7 @@ def evaluate(
       kallos-run evaluate --asset-id BTC --model-path models:/gru_BTC_1d@champion \\
           --test-start-date 2024-07-01 --test-end-date 2025-07-04 --tracking-uri sqlite:///mlflow.db
     """
-    from kallos_models import evaluation
+    from kallos_models import pipeline
 
     s = _settings(
         ctx,
@@ -513,9 +513,7 @@ def evaluate(
         tracking_uri=tracking_uri,
     )
     _require(s.asset_id, "--asset-id", "asset_id")
-    result = evaluation.evaluate_model(
-        s, model_path=model_path, scaler_path=scaler_path, horizon=horizon
-    )
+    result = pipeline.evaluate(s, model_path=model_path, scaler_path=scaler_path, horizon=horizon)
     logger.info("metrics: %s; plot: %s", result.metrics_path, result.plot_path)
     if result.tracking and result.tracking.get("version") is not None:
         t = result.tracking
@@ -589,7 +587,7 @@ def tune(
     Example:
       kallos-run tune --model-name gru --asset-id BTC --end-date 2023-12-31 --n-trials 20
     """
-    from kallos_models import tuner
+    from kallos_models import pipeline
 
     s = _settings(
         ctx,
@@ -614,7 +612,7 @@ def tune(
     _require(s.asset_id, "--asset-id", "asset_id")
     _require(s.tune_end_date, "--end-date", "tune_end_date")
     try:
-        result = tuner.tune(s, show_progress=ctx.obj["verbose"] > 0)
+        result = pipeline.tune(s, show_progress=ctx.obj["verbose"] > 0)
     except KeyboardInterrupt:
         click.echo(
             "Interrupted: the running trial was marked failed; run the same command to resume.",
@@ -642,7 +640,7 @@ def studies(ctx: click.Context, db_url, storage_url, optuna_schema, as_json) -> 
     Example:
       kallos-run studies --db-url postgresql://kallos@db/kallos --optuna-schema optuna --json
     """
-    from kallos_models import tuner
+    from kallos_models.stages import tune as tuner
 
     s = _settings(ctx, db_url=db_url, storage_url=storage_url, optuna_schema=optuna_schema)
     rows = tuner.list_studies(tuner.storage_url_for(s), s.optuna_schema)
@@ -708,7 +706,7 @@ def registry_list(ctx: click.Context, tracking_uri, model_name, asset_id, timefr
     Example:
       kallos-run registry list --asset-id BTC --tracking-uri sqlite:///mlflow.db
     """
-    from kallos_models import registry as registry_mod
+    from kallos_models.mlops import registry as registry_mod
 
     s = _registry_settings(ctx, tracking_uri, model_name, asset_id, timeframe)
     rows = registry_mod.list_versions(s)
@@ -788,7 +786,7 @@ def registry_promote(
       kallos-run registry promote --asset-id BTC --version 2 --alias champion \\
           --max-skill-ratio 1.0 --min-directional-accuracy 0.5 --min-sharpe 0.5
     """
-    from kallos_models import registry as registry_mod
+    from kallos_models.mlops import registry as registry_mod
 
     s = _registry_settings(ctx, tracking_uri, model_name, asset_id, timeframe)
     thresholds = registry_mod.Thresholds(
@@ -810,7 +808,7 @@ def registry_rollback(ctx: click.Context, tracking_uri, model_name, asset_id, ti
     Example:
       kallos-run registry rollback --asset-id BTC --alias champion
     """
-    from kallos_models import registry as registry_mod
+    from kallos_models.mlops import registry as registry_mod
 
     s = _registry_settings(ctx, tracking_uri, model_name, asset_id, timeframe)
     _echo_json(registry_mod.rollback(s, alias=alias))
@@ -827,7 +825,7 @@ def registry_archive(ctx: click.Context, tracking_uri, model_name, asset_id, tim
     Example:
       kallos-run registry archive --asset-id BTC --version 1
     """
-    from kallos_models import registry as registry_mod
+    from kallos_models.mlops import registry as registry_mod
 
     s = _registry_settings(ctx, tracking_uri, model_name, asset_id, timeframe)
     _echo_json(registry_mod.archive(s, version))
@@ -854,7 +852,7 @@ def demo_data(output, bars, timeframe, start, seed) -> None:
     Example:
       kallos-run demo-data --output SYNTHETIC_1d_synthetic.csv --bars 1500
     """
-    from kallos_models import synthetic
+    from kallos_models.data import synthetic
 
     path = synthetic.write_market_csv(
         synthetic.generate_market(bars, timeframe=timeframe, start=start, seed=seed), output
@@ -905,7 +903,7 @@ def demo(
       kallos-run demo --workdir demo
       kallos-run demo --file BTCUSDT_1d.csv --asset-id BTC
     """
-    from kallos_models import quickstart
+    from kallos_models import demo as quickstart
 
     result = quickstart.run_demo(
         workdir,

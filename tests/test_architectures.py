@@ -1,4 +1,4 @@
-"""Tests for kallos_models.architectures: the registry, validation, search spaces, lookback."""
+"""Tests for kallos_models.modelling.zoo: the registry, validation, search spaces, lookback."""
 
 from __future__ import annotations
 
@@ -13,8 +13,9 @@ import optuna
 import pandas as pd
 import pytest
 
-from kallos_models import architectures
-from kallos_models.architectures import (
+from kallos_models.errors import ConfigError, ModelError
+from kallos_models.modelling import zoo as architectures
+from kallos_models.modelling.zoo import (
     MODEL_REGISTRY,
     bars_per_day,
     create_model,
@@ -25,7 +26,6 @@ from kallos_models.architectures import (
     model_names,
     validate_params,
 )
-from kallos_models.errors import ConfigError, ModelError
 from tests.helpers import TINY_PARAMS, tiny_params
 
 EXPECTED_MODELS = [
@@ -102,7 +102,7 @@ def test_unknown_model_lists_available_names():
 
 def test_module_import_is_cheap():
     code = (
-        "import sys, kallos_models.architectures\n"
+        "import sys, kallos_models.modelling.zoo\n"
         "heavy = [m for m in ('torch', 'darts', 'lightning', 'pytorch_lightning', 'optuna')"
         " if m in sys.modules]\n"
         "print(','.join(heavy))\n"
@@ -170,7 +170,7 @@ def test_default_trainer_kwargs_use_auto_accelerator():
 
 
 def test_fixed_value_replacing_user_value_is_logged(caplog):
-    with caplog.at_level(logging.WARNING, logger="kallos_models.architectures"):
+    with caplog.at_level(logging.WARNING, logger="kallos_models.modelling.zoo"):
         validate_params("gru", {"model": "LSTM"})
     assert "model='LSTM' is replaced by the fixed value 'GRU'" in caplog.text
 

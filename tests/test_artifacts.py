@@ -13,10 +13,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kallos_models import artifacts, training
-from kallos_models.artifacts import BundlePaths
-from kallos_models.datasets import PreparedSeries, prepare_darts_timeseries
+from kallos_models import files
 from kallos_models.errors import ArtifactError
+from kallos_models.modelling import bundles as artifacts
+from kallos_models.modelling import fitting as training
+from kallos_models.modelling.bundles import BundlePaths
+from kallos_models.modelling.series import PreparedSeries, prepare_darts_timeseries
 from tests.test_training import TINY_GRU, feature_frame, predict_one
 
 CPU = training.build_trainer_kwargs(accelerator="cpu")
@@ -90,17 +92,17 @@ def test_odd_asset_ids_make_safe_names(tmp_path: Path, asset_id: str) -> None:
         assert "/" not in path.name and "\\" not in path.name
         assert all(c.isascii() and (c.isalnum() or c in "._-") for c in path.name)
     # the replaced form carries a hash of the id: it never collides with a plain id
-    stem = artifacts.safe_file_stem(asset_id)
+    stem = files.safe_file_stem(asset_id)
     assert stem.endswith(hashlib.sha256(asset_id.encode()).hexdigest()[:8])
-    assert stem != artifacts.safe_file_stem(stem.rsplit("-", 1)[0])
+    assert stem != files.safe_file_stem(stem.rsplit("-", 1)[0])
 
 
 def test_safe_ids_are_kept_and_empty_is_refused() -> None:
-    assert artifacts.safe_file_stem("BTC") == "BTC"
-    assert artifacts.safe_file_stem("BTC-USD_1.0") == "BTC-USD_1.0"
-    assert artifacts.safe_file_stem("BTC/USDT") != artifacts.safe_file_stem("BTC_USDT")
+    assert files.safe_file_stem("BTC") == "BTC"
+    assert files.safe_file_stem("BTC-USD_1.0") == "BTC-USD_1.0"
+    assert files.safe_file_stem("BTC/USDT") != files.safe_file_stem("BTC_USDT")
     with pytest.raises(ArtifactError, match="empty"):
-        artifacts.safe_file_stem("")
+        files.safe_file_stem("")
 
 
 def test_odd_asset_id_round_trip(
@@ -367,8 +369,8 @@ def test_failing_model_save_removes_temp_files(
 def test_refuses_unfitted_model_and_preprocessor(
     tmp_path: Path, models: dict[int, Any], prepared: PreparedSeries
 ) -> None:
-    from kallos_models.architectures import create_model
-    from kallos_models.preprocessing import FeaturePreprocessor
+    from kallos_models.modelling.preprocessing import FeaturePreprocessor
+    from kallos_models.modelling.zoo import create_model
 
     untrained = create_model("gru", TINY_GRU, trainer_kwargs=CPU)
     with pytest.raises(ArtifactError, match="no trained weights"):
@@ -407,7 +409,7 @@ def test_gpu_trainer_settings_fall_back_to_cpu(
         return real_load(path, *args, **kwargs)
 
     monkeypatch.setattr(TorchForecastingModel, "load", staticmethod(spy))
-    monkeypatch.setattr(artifacts, "_cuda_available", lambda: False)
+    monkeypatch.setattr(artifacts, "cuda_available", lambda: False)
     loaded = artifacts.load_bundle(paths.model)
     assert loaded_kwargs == {"map_location": "cpu"}
     assert loaded.model.trainer_params["accelerator"] == "cpu"

@@ -10,7 +10,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kallos_models.backtest import (
+from kallos_models.errors import ConfigError, DataError
+from kallos_models.modelling.backtest import (
     CURVE_COLUMNS,
     BacktestConfig,
     backtest_curves,
@@ -18,7 +19,6 @@ from kallos_models.backtest import (
     run_backtest,
     signal_positions,
 )
-from kallos_models.errors import ConfigError, DataError
 
 
 def _forecasts(

@@ -14,9 +14,9 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from kallos_models import db
-from kallos_models.binance_archive import ingest_binance_archive, month_range
 from kallos_models.cli import cli
+from kallos_models.data import db
+from kallos_models.data.binance_archive import ingest_binance_archive, month_range
 from kallos_models.errors import ConfigError
 
 MONTHS = ["2024-10", "2024-11", "2024-12", "2025-01", "2025-02", "2025-03"]

@@ -9,8 +9,8 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from kallos_models import db
 from kallos_models.cli import cli
+from kallos_models.data import db
 from tests.helpers import assert_error, make_ohlcv, write_binance_csv
 
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from kallos_models import db, ingest
 from kallos_models.cli import cli
+from kallos_models.data import db, ingest
 from tests.helpers import assert_error, make_ohlcv, write_binance_csv
 
 

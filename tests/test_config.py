@@ -13,7 +13,7 @@ from kallos_models.config import (
     timeframe_to_freq,
     timeframe_to_timedelta,
 )
-from kallos_models.db import mask_url, url_from_db_kwargs
+from kallos_models.data.db import mask_url, url_from_db_kwargs
 from kallos_models.errors import ConfigError
 
 DB_KWARGS = {

@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kallos_models import datasets, db, ingest
+from kallos_models.data import datasets, db, ingest
 from kallos_models.errors import DataError
 from tests.helpers import make_ohlcv, write_ohlcv_csv
 

@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from kallos_models import db, ingest
-from kallos_models.architectures import model_names
 from kallos_models.cli import cli
+from kallos_models.data import db, ingest
+from kallos_models.modelling.zoo import model_names
 from tests.helpers import assert_error, tiny_params
 
 TRAIN_END = "2024-06-30"

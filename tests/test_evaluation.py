@@ -13,14 +13,10 @@ import pytest
 from helpers import make_ohlcv, write_ohlcv_csv
 
 from kallos_models.errors import ArtifactError, ConfigError, DataError
-from kallos_models.evaluation import (
-    compute_metrics,
-    diebold_mariano,
-    lookback_bars,
-    plot_evaluation,
-    rolling_forecasts,
-    safe_asset_name,
-)
+from kallos_models.files import safe_file_stem as safe_asset_name
+from kallos_models.modelling.forecasting import lookback_bars, rolling_forecasts
+from kallos_models.modelling.metrics import compute_metrics, diebold_mariano
+from kallos_models.stages.evaluate import plot_evaluation
 
 INPUT_CHUNK = 12
 OUTPUT_CHUNK = 2
@@ -38,7 +34,7 @@ PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 def _feature_frame(n: int = 340) -> pd.DataFrame:
     """Generated daily bars with features, warm-up rows dropped, on a regular 1D grid."""
-    from kallos_models.features import compute_features
+    from kallos_models.data.features import compute_features
 
     raw = make_ohlcv(n)
     full = pd.concat([raw, compute_features(raw)], axis=1)
@@ -49,8 +45,8 @@ def _feature_frame(n: int = 340) -> pd.DataFrame:
 @pytest.fixture(scope="module")
 def fitted() -> dict[str, Any]:
     """A 1-epoch GRU (width 8) fitted on the first 200 bars of a ~300-bar frame."""
-    from kallos_models.architectures import create_model
-    from kallos_models.datasets import prepare_darts_timeseries
+    from kallos_models.modelling.series import prepare_darts_timeseries
+    from kallos_models.modelling.zoo import create_model
 
     frame = _feature_frame()
     prepared = prepare_darts_timeseries(frame.iloc[:200])
@@ -81,12 +77,12 @@ def test_rolling_forecasts_one_row_per_bar_and_naive_is_previous_close(fitted):
 
 def test_rolling_forecast_equals_a_direct_predict_from_the_origin(fitted):
     """Alignment: the row for bar T is the model's forecast made with data up to T - h."""
-    from kallos_models.datasets import _to_series
+    from kallos_models.modelling.series import to_series
 
     frame, model, pre = fitted["frame"], fitted["model"], fitted["preprocessor"]
     offset = frame.index.freq
-    target = _to_series(pre.transform_target(frame), offset)
-    covariates = _to_series(pre.transform_covariates(frame), offset)
+    target = to_series(pre.transform_target(frame), offset)
+    covariates = to_series(pre.transform_covariates(frame), offset)
     for horizon in (1, 2):
         out = rolling_forecasts(model, pre, frame, start=frame.index[240], horizon=horizon)
         assert out.index.equals(frame.index[240:])
@@ -288,7 +284,7 @@ def test_safe_asset_name():
 
 
 # --------------------------------------------------------------------------------------------
-# evaluate_model end to end (needs kallos_models.trainer and kallos_models.artifacts)
+# evaluate_model end to end (needs kallos_models.stages.train and kallos_models.modelling.bundles)
 # --------------------------------------------------------------------------------------------
 
 TRAIN_END = "2021-09-15"
@@ -298,10 +294,10 @@ TEST_END = "2021-11-10"
 
 @pytest.fixture(scope="module")
 def trained_bundle(tmp_path_factory) -> dict[str, Any]:
-    """A 1-epoch GRU bundle trained by kallos_models.trainer on an ingested SQLite database."""
-    from kallos_models import db, ingest
+    """A 1-epoch GRU bundle trained by kallos_models.stages.train on an ingested SQLite database."""
     from kallos_models.config import Settings
-    from kallos_models.trainer import train_model
+    from kallos_models.data import db, ingest
+    from kallos_models.stages.train import train_model
 
     root = tmp_path_factory.mktemp("evaluate")
     csv = write_ohlcv_csv(make_ohlcv(330), root / "btc.csv")
@@ -331,7 +327,7 @@ def _eval_settings(bundle: dict[str, Any], tmp_path: Path, **changes: Any):
 
 
 def test_evaluate_model_writes_metrics_and_plot(trained_bundle, tmp_path):
-    from kallos_models.evaluation import evaluate_model
+    from kallos_models.stages.evaluate import evaluate_model
 
     settings = _eval_settings(trained_bundle, tmp_path)
     result = evaluate_model(settings, model_path=trained_bundle["paths"].model)
@@ -356,7 +352,7 @@ def test_evaluate_model_writes_metrics_and_plot(trained_bundle, tmp_path):
 
 
 def test_evaluate_model_refuses_a_window_inside_training(trained_bundle, tmp_path):
-    from kallos_models.evaluation import evaluate_model
+    from kallos_models.stages.evaluate import evaluate_model
 
     settings = _eval_settings(trained_bundle, tmp_path, test_start_date="2021-09-01")
     with pytest.raises(DataError, match=r"leakage.*2021-09-15"):
@@ -367,7 +363,7 @@ def test_evaluate_model_refuses_a_window_inside_training(trained_bundle, tmp_pat
 def test_evaluate_model_refuses_a_tampered_bundle(trained_bundle, tmp_path):
     import shutil
 
-    from kallos_models.evaluation import evaluate_model
+    from kallos_models.stages.evaluate import evaluate_model
 
     copy = tmp_path / "bundle"
     paths = trained_bundle["paths"]
@@ -383,7 +379,7 @@ def test_evaluate_model_refuses_a_tampered_bundle(trained_bundle, tmp_path):
 
 
 def test_evaluate_model_refuses_other_model_asset_or_horizon(trained_bundle, tmp_path):
-    from kallos_models.evaluation import evaluate_model
+    from kallos_models.stages.evaluate import evaluate_model
 
     model_path = trained_bundle["paths"].model
     with pytest.raises(ConfigError, match=r"'tcn'.*--model-name gru"):
@@ -403,7 +399,7 @@ def test_evaluate_model_refuses_other_model_asset_or_horizon(trained_bundle, tmp
 
 def test_evaluate_model_needs_both_window_dates(tmp_path):
     from kallos_models.config import Settings
-    from kallos_models.evaluation import evaluate_model
+    from kallos_models.stages.evaluate import evaluate_model
 
     settings = Settings(asset_id="BTC", test_start_date="2024-07-01")
     with pytest.raises(ConfigError, match="--test-start-date and --test-end-date"):
@@ -412,7 +408,7 @@ def test_evaluate_model_needs_both_window_dates(tmp_path):
 
 def test_evaluate_model_refuses_a_reversed_window(tmp_path):
     from kallos_models.config import Settings
-    from kallos_models.evaluation import evaluate_model
+    from kallos_models.stages.evaluate import evaluate_model
 
     settings = Settings(asset_id="BTC", test_start_date="2024-07-01", test_end_date="2024-06-01")
     with pytest.raises(ConfigError, match="reversed"):
@@ -420,12 +416,12 @@ def test_evaluate_model_refuses_a_reversed_window(tmp_path):
 
 
 # --------------------------------------------------------------------------------------------
-# The backtest inside evaluation (kallos_models.backtest)
+# The backtest inside evaluation (kallos_models.modelling.backtest)
 # --------------------------------------------------------------------------------------------
 
 
 def test_plot_evaluation_draws_the_backtest_panel(tmp_path, fitted):
-    from kallos_models.backtest import BacktestConfig, backtest_curves, run_backtest
+    from kallos_models.modelling.backtest import BacktestConfig, backtest_curves, run_backtest
 
     frame = fitted["frame"]
     out = rolling_forecasts(fitted["model"], fitted["preprocessor"], frame, start=frame.index[230])
@@ -458,7 +454,7 @@ def test_plot_evaluation_draws_the_backtest_panel(tmp_path, fitted):
 
 
 def test_evaluate_model_backtests_at_horizon_1_only(trained_bundle, tmp_path):
-    from kallos_models.evaluation import evaluate_model
+    from kallos_models.stages.evaluate import evaluate_model
 
     settings = _eval_settings(
         trained_bundle, tmp_path, backtest_mode="long_short", backtest_threshold=0.001, fee_bps=5
@@ -493,7 +489,7 @@ def test_evaluate_model_backtests_at_horizon_1_only(trained_bundle, tmp_path):
 
 def test_evaluate_model_refuses_bad_backtest_settings_before_loading(tmp_path):
     from kallos_models.config import Settings
-    from kallos_models.evaluation import evaluate_model
+    from kallos_models.stages.evaluate import evaluate_model
 
     settings = Settings(
         asset_id="BTC", test_start_date="2024-07-01", test_end_date="2024-08-01", fee_bps=-1

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 import talib
 
-from kallos_models.features import FEATURE_COLUMNS, FEATURE_GROUPS, compute_features
+from kallos_models.data.features import FEATURE_COLUMNS, FEATURE_GROUPS, compute_features
 from tests.helpers import make_ohlcv
 
 SEED_COLUMNS = ("rsi", "mfi", "macd_diff")

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from kallos_models import db, ingest
+from kallos_models.data import db, ingest
 from kallos_models.errors import DataError
 from tests.helpers import make_ohlcv, write_binance_csv, write_ohlcv_csv
 

@@ -1,4 +1,4 @@
-"""datasets.prepare_darts_timeseries on small generated frames with real TA-Lib features."""
+"""series.prepare_darts_timeseries on small generated frames with real TA-Lib features."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kallos_models.datasets import PreparedSeries, prepare_darts_timeseries
+from kallos_models.data.features import compute_features
 from kallos_models.errors import DataError
-from kallos_models.features import compute_features
+from kallos_models.modelling.series import PreparedSeries, prepare_darts_timeseries
 
 N_BARS = 300
 N_VAL = 60

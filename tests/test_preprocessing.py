@@ -13,7 +13,7 @@ import pytest
 
 from kallos_models.config import DEFAULT_FEATURE_GROUPS
 from kallos_models.errors import ConfigError, DataError
-from kallos_models.preprocessing import (
+from kallos_models.modelling.preprocessing import (
     DEFAULT_GROUP_SCALERS,
     SCALER_NAMES,
     FeaturePreprocessor,
@@ -388,7 +388,7 @@ def test_describe_is_json_able() -> None:
 
 def test_importing_does_not_load_torch_or_darts() -> None:
     code = (
-        "import sys, kallos_models.preprocessing, kallos_models.datasets; "
+        "import sys, kallos_models.modelling.preprocessing, kallos_models.data.datasets; "
         "print(sorted(m for m in ('torch', 'darts', 'sklearn') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

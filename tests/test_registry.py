@@ -10,10 +10,12 @@ from typing import Any
 import pytest
 from click.testing import CliRunner
 
-from kallos_models import db, ingest, registry, tuner
 from kallos_models.cli import cli
 from kallos_models.config import resolve_settings
+from kallos_models.data import db, ingest
 from kallos_models.errors import ConfigError
+from kallos_models.mlops import registry
+from kallos_models.stages import tune as tune_stage
 from tests.helpers import assert_error, make_ohlcv, write_binance_csv
 
 pytest.importorskip("mlflow")
@@ -54,7 +56,9 @@ def world(tmp_path: Path, sqlite_url: str, monkeypatch: pytest.MonkeyPatch) -> d
     monkeypatch.setenv("KALLOS_ACCELERATOR", "cpu")
     monkeypatch.setenv("KALLOS_TRACKING_ARTIFACT_LOCATION", str(tmp_path / "mlartifacts"))
     # the CLI cannot take a search space: give tune the tiny one
-    monkeypatch.setattr(tuner, "tune", functools.partial(tuner.tune, search_space=tiny_space))
+    monkeypatch.setattr(
+        tune_stage, "tune", functools.partial(tune_stage.tune, search_space=tiny_space)
+    )
     engine = db.create_db_engine(sqlite_url)
     ingest.ingest_file(engine, "BTC", "1d", write_binance_csv(BARS, tmp_path / "btc.csv"))
     engine.dispose()
@@ -146,7 +150,7 @@ def test_tune_train_evaluate_promote_rollback_archive(world: dict[str, str], tmp
     outputs = [o.model_id for o in train_run.outputs.model_outputs]
     assert [version.source] == [f"models:/{model_id}" for model_id in outputs]
     assert "READY" in str(client.get_logged_model(outputs[0]).status)
-    from kallos_models.artifacts import sha256_file
+    from kallos_models.modelling.bundles import sha256_file
 
     manifest_path = Path(first["paths"]["manifest"])
     assert version.tags["manifest_sha256"] == sha256_file(manifest_path)
@@ -218,7 +222,7 @@ def test_tune_train_evaluate_promote_rollback_archive(world: dict[str, str], tmp
     # ... and as an MLflow pyfunc model: one-step rolling forecasts in prices
     import mlflow
 
-    from kallos_models import datasets
+    from kallos_models.data import datasets
 
     mlflow.set_registry_uri(uri)
     pyfunc = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")

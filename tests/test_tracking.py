@@ -10,10 +10,14 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from kallos_models import db, ingest, tracking, trainer
+from kallos_models import pipeline
 from kallos_models.cli import cli
 from kallos_models.config import resolve_settings
+from kallos_models.data import db, ingest
 from kallos_models.errors import ConfigError
+from kallos_models.mlops import tracking
+from kallos_models.modelling.bundles import is_registry_uri
+from kallos_models.stages import train as trainer
 from tests.helpers import assert_error, make_ohlcv, tiny_params, write_binance_csv
 
 BARS = make_ohlcv(420)
@@ -73,8 +77,8 @@ def test_registered_model_names() -> None:
     assert tracking.registered_model_name("gru", "BTC", "1d") == "gru_BTC_1d"
     odd = tracking.registered_model_name("gru", "BTC/USDT", "4h")
     assert odd.startswith("gru_BTC_USDT-") and odd.endswith("_4h") and "/" not in odd
-    assert tracking.is_registry_uri("models:/gru_BTC_1d@champion")
-    assert not tracking.is_registry_uri(Path("trained_models/gru_BTC.pt"))
+    assert is_registry_uri("models:/gru_BTC_1d@champion")
+    assert not is_registry_uri(Path("trained_models/gru_BTC.pt"))
 
 
 # --------------------------------------------------------------------------------------------
@@ -149,10 +153,8 @@ def test_evaluating_an_unregistered_bundle_logs_its_own_run(
         {"db_url": market, "asset_id": "BTC", "train_end_date": TRAIN_END, "accelerator": "cpu"}
     )
     bundle = trainer.train_model(settings, tiny_params("gru"))  # trained without tracking
-    from kallos_models import evaluation
-
     with caplog.at_level("WARNING", logger="kallos_models"):
-        result = evaluation.evaluate_model(
+        result = pipeline.evaluate(
             settings.replace(
                 test_start_date=TEST_START,
                 test_end_date=TEST_END,

@@ -9,10 +9,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from kallos_models import artifacts, datasets, db, ingest, trainer, training
-from kallos_models.architectures import get_spec, validate_params
 from kallos_models.config import Settings, resolve_settings
+from kallos_models.data import datasets, db, ingest
 from kallos_models.errors import ArtifactError, ConfigError, DataError, ModelError
+from kallos_models.modelling import bundles as artifacts
+from kallos_models.modelling import fitting as training
+from kallos_models.modelling.zoo import get_spec, validate_params
+from kallos_models.stages import train as trainer
 from tests.helpers import make_ohlcv, write_binance_csv
 
 N_BARS = 150
@@ -305,7 +308,7 @@ def test_gpu_training_loads_on_cpu(
     on_gpu = predict(artifacts.load_bundle(result.paths.model))
 
     # as on a CPU-only machine: weights mapped to the CPU, trainer forced to the CPU
-    monkeypatch.setattr(artifacts, "_cuda_available", lambda: False)
+    monkeypatch.setattr(artifacts, "cuda_available", lambda: False)
     bundle = artifacts.load_bundle(result.paths.model)
     assert bundle.model.trainer_params["accelerator"] == "cpu"
     assert all(p.device.type == "cpu" for p in bundle.model.model.parameters())

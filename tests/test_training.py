@@ -9,10 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kallos_models import artifacts, training
-from kallos_models.datasets import PreparedSeries, prepare_darts_timeseries
+from kallos_models.data.features import compute_features
 from kallos_models.errors import ConfigError, DataError, ModelError
-from kallos_models.features import compute_features
+from kallos_models.modelling import bundles as artifacts
+from kallos_models.modelling import fitting as training
+from kallos_models.modelling.series import PreparedSeries, prepare_darts_timeseries
 from tests.helpers import make_ohlcv
 
 TINY_GRU = {
@@ -62,7 +63,7 @@ def train_only(frame: pd.DataFrame) -> PreparedSeries:
 
 
 def test_trainer_kwargs_defaults_are_quiet_and_auto(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(training, "_cuda_available", lambda: False)
+    monkeypatch.setattr(training, "cuda_available", lambda: False)
     kwargs = training.build_trainer_kwargs()
     assert kwargs["accelerator"] == "auto"
     assert kwargs["devices"] == "auto"
@@ -75,7 +76,7 @@ def test_trainer_kwargs_defaults_are_quiet_and_auto(monkeypatch: pytest.MonkeyPa
 
 
 def test_trainer_kwargs_gpu_progress_precision(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(training, "_cuda_available", lambda: True)
+    monkeypatch.setattr(training, "cuda_available", lambda: True)
     marker = object()
     kwargs = training.build_trainer_kwargs(
         devices="2", precision="16-mixed", show_progress=True, callbacks=[marker]
@@ -100,7 +101,8 @@ def test_resolve_n_epochs() -> None:
 def test_importing_modules_does_not_import_torch() -> None:
     code = (
         "import sys\n"
-        "import kallos_models.training, kallos_models.artifacts, kallos_models.trainer\n"
+        "import kallos_models.modelling.fitting, kallos_models.modelling.bundles\n"
+        "import kallos_models.stages.train, kallos_models.pipeline\n"
         "bad = [m for m in ('torch', 'darts', 'pytorch_lightning') if m in sys.modules]\n"
         "print(bad)\n"
         "sys.exit(1 if bad else 0)\n"

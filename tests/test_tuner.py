@@ -17,10 +17,11 @@ import pytest
 import sqlalchemy as sa
 from optuna.trial import TrialState
 
-from kallos_models import db, ingest, tuner
+from kallos_models import tuner
 from kallos_models.config import Settings, resolve_settings
+from kallos_models.data import db, ingest
 from kallos_models.errors import ConfigError, DatabaseError, DataError, ModelError
-from kallos_models.preprocessing import FeaturePreprocessor
+from kallos_models.modelling.preprocessing import FeaturePreprocessor
 from tests.helpers import make_ohlcv, write_binance_csv
 
 N_BARS = 400  # 351 rows after the SMA-50 warm-up: 3 folds of 46 bars, first training part 213
@@ -118,7 +119,7 @@ def pg_data(pg_url: str, tmp_path: Path) -> str:
 
 
 def test_sqlite_tune_writes_params_and_resumes_exactly(sqlite_data: str, tmp_path: Path) -> None:
-    from kallos_models.trainer import read_params_file
+    from kallos_models.stages.train import read_params_file
 
     settings = settings_for(sqlite_data, output_path=str(tmp_path / "out"))
     result = tuner.tune(settings, search_space=tiny_space)

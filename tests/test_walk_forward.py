@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kallos_models.datasets import calculate_dynamic_wf_kwargs, get_walk_forward_splits
+from kallos_models.data.datasets import calculate_dynamic_wf_kwargs, get_walk_forward_splits
 from kallos_models.errors import ConfigError, DataError
 
 

@@ -1,7 +1,7 @@
 """Fit one Darts forecaster on prepared series: trainer settings, seeding, early stopping.
 
-Shared by :mod:`kallos_models.trainer` (final training, no validation) and
-:mod:`kallos_models.tuner` (one fit per walk-forward fold, early stopping on the fold's
+Shared by :mod:`kallos_models.stages.train` (final training, no validation) and
+:mod:`kallos_models.stages.tune.api` (one fit per walk-forward fold, early stopping on the fold's
 validation rows). Torch, Lightning and Darts are imported inside the functions, so importing
 this module stays cheap.
 """
@@ -15,18 +15,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kallos_models import architectures
 from kallos_models.errors import ConfigError, DataError
+from kallos_models.modelling import zoo as architectures
 
 if TYPE_CHECKING:
-    from kallos_models.datasets import PreparedSeries
+    from kallos_models.data.datasets import PreparedSeries
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["FitResult", "build_trainer_kwargs", "fit_forecaster", "resolve_n_epochs"]
 
 
-def _cuda_available() -> bool:
+def cuda_available() -> bool:
+    """Whether torch sees a CUDA device (imports torch)."""
     import torch
 
     return bool(torch.cuda.is_available())
@@ -81,7 +82,7 @@ def build_trainer_kwargs(
     }
     if precision is not None:
         kwargs["precision"] = precision
-    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not _cuda_available())
+    on_cpu = accelerator == "cpu" or (accelerator == "auto" and not cuda_available())
     if on_cpu:
         kwargs["deterministic"] = True
     return kwargs
@@ -232,7 +233,7 @@ def fit_forecaster(
         Hyperparameters (Darts names plus ``learning_rate`` and ``n_epochs``); missing ones
         come from the registry defaults.
     prepared : PreparedSeries
-        Output of :func:`kallos_models.datasets.prepare_darts_timeseries`.
+        Output of :func:`kallos_models.data.datasets.prepare_darts_timeseries`.
     max_epochs : int or None, default None
         Cap on the epochs: ``min(params["n_epochs"], max_epochs)`` when both are given, else
         the one given, else the registry default (100).
@@ -255,7 +256,7 @@ def fit_forecaster(
     Raises
     ------
     ModelError
-        Unknown model or parameters (see :func:`kallos_models.architectures.validate_params`).
+        Unknown model or parameters (see :func:`kallos_models.modelling.zoo.validate_params`).
     DataError
         The training series is shorter than ``input_chunk_length + output_chunk_length``,
         the validation series is shorter than ``output_chunk_length``.

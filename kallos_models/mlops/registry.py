@@ -1,7 +1,7 @@
 """The model registry as ``kallos-run registry`` sees it: list, promote, roll back, archive.
 
 Every trained bundle logged with a tracking URI is a version of the registered model
-``{model}_{asset}_{timeframe}`` (:mod:`kallos_models.tracking`). A version is promoted by
+``{model}_{asset}_{timeframe}`` (:mod:`kallos_models.mlops.tracking`). A version is promoted by
 pointing an alias (``champion`` by default) at it, and only when its latest hold-out
 evaluation passes the thresholds given; each promotion is remembered on the registered model
 (tag ``kallos.alias_history.<alias>``, a JSON list of versions) so :func:`rollback` can move the
@@ -9,7 +9,7 @@ alias back to the previous holder. :func:`archive` tags a version ``retired``: i
 promoted, and a rollback passes over it. A version is loaded from the registry with a
 ``models:/name@alias`` or ``models:/name/version`` URI (:func:`downloaded_bundle`).
 
-MLflow is reached through :func:`kallos_models.tracking.session` only; this module imports
+MLflow is reached through :func:`kallos_models.mlops.tracking.session` only; this module imports
 nothing of it. See ``documentation/tracking.md``.
 """
 
@@ -26,10 +26,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from kallos_models import tracking
 from kallos_models.config import Settings
 from kallos_models.errors import ConfigError, KallosError
-from kallos_models.tracking import HOLDOUT, TAG_RETIRED, TrackingError
+from kallos_models.mlops import tracking
+from kallos_models.mlops.tracking import HOLDOUT, TAG_RETIRED, TrackingError
 
 logger = logging.getLogger(__name__)
 
@@ -483,7 +483,7 @@ def downloaded_bundle(settings: Settings, uri: str) -> Iterator[Path]:
     Yields
     ------
     Path
-        The bundle's model file, for :func:`kallos_models.artifacts.load_bundle` (which
+        The bundle's model file, for :func:`kallos_models.modelling.bundles.load_bundle` (which
         verifies the checksums); the directory is removed afterwards.
 
     Raises

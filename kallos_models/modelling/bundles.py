@@ -1,45 +1,47 @@
 """Model bundles: save and load a trained forecaster with its preprocessing and a manifest.
 
-A bundle is four files in one directory, named from the model and the asset::
+A bundle is four files in one directory, named from the model, the asset and (unless it is
+the default ``1d``) the timeframe (:func:`kallos_models.files.run_stem`)::
 
-    {model}_{asset}.pt              the Darts model object (TorchForecastingModel.save)
-    {model}_{asset}.pt.ckpt         its Lightning checkpoint (weights), written by Darts beside it
-    {model}_{asset}_scaler.pkl      the fitted FeaturePreprocessor (pickle)
-    {model}_{asset}_manifest.json   parameters, data range, library versions, sha256 of the 3 others
+    {stem}.pt              the Darts model object (TorchForecastingModel.save)
+    {stem}.pt.ckpt         its Lightning checkpoint (weights), written by Darts beside it
+    {stem}_scaler.pkl      the fitted FeaturePreprocessor (pickle)
+    {stem}_manifest.json   parameters, data range, library versions, sha256 of the 3 others
+
+with ``{stem}`` = ``{model}_{asset}`` at 1d (``gru_BTC``) and ``{model}_{asset}_{timeframe}``
+otherwise (``gru_BTC_4h``).
 
 Saving writes every file under a temporary name in the same directory, then renames them into
 place with ``os.replace``, the manifest last. A crash therefore leaves either the old bundle
 or files whose checksums do not match the manifest beside them (or no manifest at all), and
 :func:`load_bundle` refuses both. Loading verifies the checksums before anything is
-unpickled.
-
-File names: an asset id (or model name) made only of ASCII letters, digits, ``.``, ``_`` and
-``-`` (not starting with ``.``) is used as is. Any other id has each other character replaced
-by ``_`` (leading dots too) and gets ``-`` plus the first 8 hex digits of the id's sha256
-appended, so ``BTC/USDT`` becomes ``BTC_USDT-<hash>``: never a path separator, never ``..``,
-and two different ids never share a file name.
+unpickled. File names follow :mod:`kallos_models.files`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import math
 import os
 import pickle
 import platform
-import re
 import secrets
-import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import date, datetime, timezone
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from kallos_models.errors import ArtifactError
-from kallos_models.preprocessing import FeaturePreprocessor
+from kallos_models.files import (
+    DEFAULT_TIMEFRAME,
+    json_default,
+    run_stem,
+    safe_file_stem,
+    sha256_file,
+)
+from kallos_models.modelling.fitting import cuda_available
+from kallos_models.modelling.preprocessing import FeaturePreprocessor
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +52,7 @@ __all__ = [
     "LoadedBundle",
     "bundle_paths",
     "check_overwrite",
+    "is_registry_uri",
     "library_versions",
     "load_bundle",
     "safe_file_stem",
@@ -74,40 +77,11 @@ LIBRARY_DISTRIBUTIONS: tuple[str, ...] = (
 #: File roles checked by sha256 on load.
 FILE_ROLES: tuple[str, ...] = ("model", "checkpoint", "scaler")
 
-_SAFE = re.compile(r"[A-Za-z0-9._-]+")
-_UNSAFE_CHAR = re.compile(r"[^A-Za-z0-9._-]")
 
-
-def safe_file_stem(text: str) -> str:
-    """A file-name-safe form of ``text`` (an asset id or model name).
-
-    Parameters
-    ----------
-    text : str
-        The id. No default.
-
-    Returns
-    -------
-    str
-        ``text`` itself when it is made of ASCII letters, digits, ``.``, ``_`` and ``-`` and
-        does not start with ``.``; otherwise every other character (and each leading ``.``)
-        replaced by ``_``, then ``-`` and the first 8 hex digits of ``sha256(text)``.
-
-    Raises
-    ------
-    ArtifactError
-        ``text`` is empty.
-    """
-    text = str(text)
-    if not text:
-        raise ArtifactError("an empty asset id or model name cannot name a bundle; pass one")
-    if _SAFE.fullmatch(text) and not text.startswith("."):
-        return text
-    replaced = _UNSAFE_CHAR.sub("_", text)
-    stripped = replaced.lstrip(".")
-    replaced = "_" * (len(replaced) - len(stripped)) + stripped
-    digest = hashlib.sha256(text.encode("utf-8")).hexdigest()[:8]
-    return f"{replaced}-{digest}"
+def is_registry_uri(path: str | Path | None) -> bool:
+    """Whether ``path`` names a registered model version (``models:/name@alias`` or
+    ``models:/name/version``) rather than a bundle file."""
+    return path is not None and str(path).startswith("models:/")
 
 
 @dataclass(frozen=True)
@@ -133,7 +107,9 @@ class BundlePaths:
         return (self.model, self.checkpoint, self.scaler, self.manifest)
 
 
-def bundle_paths(output_dir: str | Path, model_name: str, asset_id: str) -> BundlePaths:
+def bundle_paths(
+    output_dir: str | Path, model_name: str, asset_id: str, timeframe: str = DEFAULT_TIMEFRAME
+) -> BundlePaths:
     """The paths of the bundle of ``model_name`` for ``asset_id`` in ``output_dir``.
 
     Parameters
@@ -144,15 +120,17 @@ def bundle_paths(output_dir: str | Path, model_name: str, asset_id: str) -> Bund
         Registry key, e.g. ``"gru"``. No default.
     asset_id : str
         Asset, e.g. ``"BTC"``; made file-name-safe with :func:`safe_file_stem`. No default.
+    timeframe : str, default "1d"
+        Bar size; in the names unless it is the default (:func:`kallos_models.files.run_stem`).
 
     Returns
     -------
     BundlePaths
-        ``{model}_{asset}.pt``, ``{model}_{asset}.pt.ckpt``, ``{model}_{asset}_scaler.pkl``,
-        ``{model}_{asset}_manifest.json`` in ``output_dir``.
+        ``{stem}.pt``, ``{stem}.pt.ckpt``, ``{stem}_scaler.pkl`` and ``{stem}_manifest.json``
+        in ``output_dir``, ``{stem}`` from :func:`kallos_models.files.run_stem`.
     """
     base = Path(output_dir)
-    stem = f"{safe_file_stem(model_name)}_{safe_file_stem(asset_id)}"
+    stem = run_stem(model_name, asset_id, timeframe=timeframe)
     return BundlePaths(
         model=base / f"{stem}.pt",
         checkpoint=base / f"{stem}.pt.ckpt",
@@ -186,52 +164,6 @@ def check_overwrite(paths: BundlePaths, *, overwrite: bool = False) -> None:
             )
 
 
-def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
-    """Write ``path`` through a temporary file in the same directory, then ``os.replace``.
-
-    A crash leaves the old file or the new one, never half of one; the temporary file is
-    removed on any error. ``write`` receives the open binary handle.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
-def atomic_write_bytes(path: str | Path, data: bytes) -> Path:
-    """:func:`atomic_write` of a bytes payload."""
-    return atomic_write(path, lambda handle: handle.write(data))
-
-
-def sha256_file(path: Path) -> str:
-    """Hex sha256 of the file at ``path``, read in 1 MiB blocks.
-
-    Parameters
-    ----------
-    path : Path
-        File to hash. No default.
-
-    Returns
-    -------
-    str
-        64 lowercase hex digits.
-    """
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def library_versions() -> dict[str, str | None]:
     """Versions of Python and of :data:`LIBRARY_DISTRIBUTIONS` (None when not installed)."""
     from importlib import metadata
@@ -243,26 +175,6 @@ def library_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
-
-
-def _json_default(value: Any) -> Any:
-    """JSON for the types a manifest may carry besides the JSON ones."""
-    if isinstance(value, (datetime, date)):
-        return value.isoformat()
-    if isinstance(value, Path):
-        return str(value)
-    if hasattr(value, "isoformat"):  # pandas.Timestamp
-        return value.isoformat()
-    if hasattr(value, "item"):  # numpy scalar
-        item = value.item()
-        if isinstance(item, float) and not math.isfinite(item):
-            return None
-        return item
-    if hasattr(value, "tolist"):  # numpy array
-        return value.tolist()
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    raise TypeError(f"manifest value {value!r} of type {type(value).__name__} is not JSON-able")
 
 
 def _remove_quietly(path: Path) -> None:
@@ -314,7 +226,8 @@ def save_bundle(
     model_name : str
         Registry key, used in the file names. No default.
     asset_id : str
-        Asset, used in the file names (see :func:`safe_file_stem`). No default.
+        Asset, used in the file names (see :func:`safe_file_stem`); the manifest's
+        ``timeframe`` is in them too unless it is the default. No default.
     model : darts TorchForecastingModel
         A fitted model. No default.
     preprocessor : FeaturePreprocessor
@@ -345,7 +258,9 @@ def save_bundle(
     """
     from kallos_models import __version__
 
-    paths = bundle_paths(output_dir, model_name, asset_id)
+    paths = bundle_paths(
+        output_dir, model_name, asset_id, str(manifest.get("timeframe") or DEFAULT_TIMEFRAME)
+    )
     check_overwrite(paths, overwrite=overwrite)
     if not isinstance(preprocessor, FeaturePreprocessor) or not preprocessor.fitted:
         raise ArtifactError(
@@ -390,7 +305,7 @@ def save_bundle(
             "versions": library_versions(),
             "files": files,
         }
-        text = json.dumps(full, indent=2, default=_json_default, allow_nan=False)
+        text = json.dumps(full, indent=2, default=json_default, allow_nan=False)
         temps["manifest"].write_text(text + "\n", encoding="utf-8")
         for role in (*FILE_ROLES, "manifest"):
             os.replace(temps[role], finals[role])
@@ -457,12 +372,6 @@ def _verify(path: Path, expected: str, role: str) -> None:
         )
 
 
-def _cuda_available() -> bool:
-    import torch
-
-    return bool(torch.cuda.is_available())
-
-
 def _fit_trainer_to_machine(model: Any, cuda: bool) -> None:
     """Without CUDA, make a model trained on a GPU predict on the CPU."""
     if cuda:
@@ -492,7 +401,7 @@ def load_bundle(
     Parameters
     ----------
     model_path : str or Path
-        The ``{model}_{asset}.pt`` file; its checkpoint is ``model_path + ".ckpt"``. No
+        The ``{stem}.pt`` file; its checkpoint is ``model_path + ".ckpt"``. No
         default.
     scaler_path : str or Path or None, default None
         The preprocessor pickle; None uses the file the manifest names, in the manifest's
@@ -549,7 +458,7 @@ def load_bundle(
 
     from darts.models.forecasting.torch_forecasting_model import TorchForecastingModel
 
-    cuda = _cuda_available()
+    cuda = cuda_available()
     load_kwargs: dict[str, Any] = {} if cuda else {"map_location": "cpu"}
     model = TorchForecastingModel.load(str(model_file), **load_kwargs)
     _fit_trainer_to_machine(model, cuda)

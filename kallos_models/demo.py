@@ -9,8 +9,8 @@ from typing import Any
 
 import pandas as pd
 
-from kallos_models import db
 from kallos_models.config import Settings, resolve_settings, timeframe_to_timedelta
+from kallos_models.data import db
 from kallos_models.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -97,7 +97,8 @@ def run_demo(
     show_progress
         Lightning progress bars; default False.
     """
-    from kallos_models import evaluation, ingest, synthetic, trainer, tuner
+    from kallos_models import pipeline
+    from kallos_models.data import ingest, synthetic
 
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -132,16 +133,16 @@ def run_demo(
         cwd=work,
     )
     logger.info("step 2/4: tune %d trials up to %s", n_trials, dates["tune_end_date"])
-    tuned = tuner.tune(settings.replace(output_path=str(work)), show_progress=show_progress)
+    tuned = pipeline.tune(settings.replace(output_path=str(work)), show_progress=show_progress)
     logger.info("step 3/4: train up to %s", dates["train_end_date"])
-    trained = trainer.train_model(
+    trained = pipeline.train(
         settings.replace(output_path=str(work / "trained_models")),
         tuned.params_path,
         overwrite=True,
         show_progress=show_progress,
     )
     logger.info("step 4/4: evaluate %s .. %s", dates["test_start_date"], dates["test_end_date"])
-    evaluated = evaluation.evaluate_model(
+    evaluated = pipeline.evaluate(
         settings.replace(output_path=str(work / "evaluation_results")),
         model_path=trained.paths.model,
         scaler_path=trained.paths.scaler,

@@ -7,7 +7,7 @@ work the same way. The model registry lives at the same URI.
 
 What is logged (all runs in the experiment ``tracking_experiment``, default ``kallos-models``):
 
-- ``tune``: one parent run per call of :func:`kallos_models.tuner.tune` and one child run per
+- ``tune``: one parent run per call of :func:`kallos_models.pipeline.tune` and one child run per
   trial that call ran (parameters, per-fold scores as the metric ``fold_score`` with the fold
   as step, ``value``, the trial state as the tag ``optuna.state``), plus the best-params file
   and report plots on the parent. Child runs are written by the parent process after the
@@ -42,12 +42,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from kallos_models import db
 from kallos_models.config import Settings
+from kallos_models.data import db
 from kallos_models.errors import ArtifactError, ConfigError, KallosError
 
 if TYPE_CHECKING:
-    from kallos_models.trainer import TrainResult
+    from kallos_models.stages.train import TrainResult
 
 logger = logging.getLogger(__name__)
 
@@ -59,7 +59,6 @@ __all__ = [
     "TuneTracker",
     "download_model_version",
     "enabled",
-    "is_registry_uri",
     "log_evaluation",
     "log_training",
     "registered_model_name",
@@ -93,7 +92,7 @@ MODEL_ARTIFACT = "model"
 _PYFUNC_CODE = '''"""kallos-models forecaster for mlflow.pyfunc (needs kallos-models installed)."""
 import mlflow
 
-from kallos_models.tracking import pyfunc_model
+from kallos_models.mlops.tracking import pyfunc_model
 
 mlflow.models.set_model(pyfunc_model())
 '''
@@ -163,14 +162,9 @@ def registered_model_name(model_name: str, asset_id: str, timeframe: str) -> str
     -------
     str
     """
-    from kallos_models.artifacts import safe_file_stem
+    from kallos_models.files import safe_file_stem
 
     return f"{safe_file_stem(model_name)}_{safe_file_stem(asset_id)}_{safe_file_stem(timeframe)}"
-
-
-def is_registry_uri(path: str | Path | None) -> bool:
-    """Whether ``path`` is a ``models:/name@alias`` or ``models:/name/version`` URI."""
-    return path is not None and str(path).startswith("models:/")
 
 
 def _masked(uri: str) -> str:
@@ -355,7 +349,7 @@ def _log(
 class TuneTracker:
     """One parent run per tune and one child run per trial it ran; a no-op without tracking.
 
-    :func:`kallos_models.tuner.tune` makes one at its start (which fails at once when MLflow
+    :func:`kallos_models.pipeline.tune` makes one at its start (which fails at once when MLflow
     is missing), calls :meth:`start` before the first trial and :meth:`finish` once the trials
     are over (also after Ctrl-C or an error). Child runs are written in :meth:`finish`, from
     the parent process, for the trials whose ``worker`` user attribute is one of this tune's
@@ -533,8 +527,8 @@ def pyfunc_model() -> Any:
     """The ``mlflow.pyfunc`` model of a bundle (used by the models-from-code file).
 
     ``load_context`` loads the bundle from the model's artifacts with
-    :func:`kallos_models.artifacts.load_bundle` (checksums verified). ``predict`` takes rows
-    as :func:`kallos_models.datasets.load_features_from_db` returns them (a DatetimeIndex, or
+    :func:`kallos_models.modelling.bundles.load_bundle` (checksums verified). ``predict`` takes rows
+    as :func:`kallos_models.data.datasets.load_features_from_db` returns them (a DatetimeIndex, or
     an ``open_time`` column; the target and feature columns) and returns one-step rolling
     forecasts in prices (``actual``, ``forecast``, ``naive``, ``origin_close``) for every bar
     after the model's lookback.
@@ -549,9 +543,9 @@ def pyfunc_model() -> Any:
         _skip_type_hint_validation = True
 
         def load_context(self, context):
-            from kallos_models import artifacts
+            from kallos_models.modelling import bundles
 
-            self.bundle = artifacts.load_bundle(
+            self.bundle = bundles.load_bundle(
                 context.artifacts["model"],
                 context.artifacts["scaler"],
                 manifest_path=context.artifacts["manifest"],
@@ -560,20 +554,20 @@ def pyfunc_model() -> Any:
         def predict(self, context, model_input, params=None):
             import pandas as pd
 
-            from kallos_models import evaluation
+            from kallos_models.modelling import forecasting
 
             frame = model_input
             if not isinstance(frame.index, pd.DatetimeIndex) and "open_time" in frame.columns:
                 frame = frame.set_index(pd.DatetimeIndex(frame["open_time"], name="open_time"))
             model, preprocessor = self.bundle.model, self.bundle.preprocessor
-            needed = evaluation.lookback_bars(
+            needed = forecasting.lookback_bars(
                 int(model.input_chunk_length), 1, preprocessor.target_transform
             )
             if len(frame) <= needed:
                 from kallos_models.errors import DataError
 
                 raise DataError(f"predict needs more than {needed} rows, got {len(frame)}")
-            return evaluation.rolling_forecasts(
+            return forecasting.rolling_forecasts(
                 model, preprocessor, frame, start=frame.index[needed], horizon=1
             )
 
@@ -583,7 +577,7 @@ def pyfunc_model() -> Any:
 def _requirements() -> list[str]:
     from importlib import metadata
 
-    from kallos_models.artifacts import library_versions
+    from kallos_models.modelling.bundles import library_versions
 
     pins = [f"{name}=={v}" for name, v in library_versions().items() if name != "python" and v]
     try:
@@ -679,7 +673,7 @@ def log_training(settings: Settings, result: TrainResult) -> dict[str, Any] | No
     settings : Settings
         Nothing happens unless ``tracking_uri`` is set.
     result : TrainResult
-        The bundle just saved by :func:`kallos_models.trainer.train_model`.
+        The bundle just saved by :func:`kallos_models.stages.train.train_model`.
 
     Returns
     -------
@@ -695,7 +689,7 @@ def log_training(settings: Settings, result: TrainResult) -> dict[str, Any] | No
     """
     if not enabled(settings):
         return None
-    from kallos_models.artifacts import sha256_file
+    from kallos_models.files import sha256_file
 
     manifest = result.manifest
     paths = result.paths
@@ -777,7 +771,7 @@ def headline(record: Mapping[str, Any]) -> dict[str, float | None]:
     Parameters
     ----------
     record : Mapping
-        The metrics :func:`kallos_models.evaluation.evaluate_model` writes.
+        The metrics :func:`kallos_models.stages.evaluate.evaluate_model` writes.
 
     Returns
     -------
@@ -827,7 +821,7 @@ def log_evaluation(
     """
     if not enabled(settings):
         return None
-    from kallos_models.artifacts import sha256_file
+    from kallos_models.files import sha256_file
 
     manifest_sha = sha256_file(manifest_path)
     with session(settings) as client:
@@ -901,7 +895,7 @@ def download_model_version(client: Any, name: str, version: str, destination: Pa
     -------
     Path
         The bundle's model file; the checkpoint, scaler and manifest are beside it, to be
-        verified by :func:`kallos_models.artifacts.load_bundle`.
+        verified by :func:`kallos_models.modelling.bundles.load_bundle`.
 
     Raises
     ------
@@ -911,7 +905,7 @@ def download_model_version(client: Any, name: str, version: str, destination: Pa
     """
     import mlflow
 
-    from kallos_models.artifacts import sha256_file
+    from kallos_models.files import sha256_file
 
     local = Path(
         mlflow.artifacts.download_artifacts(

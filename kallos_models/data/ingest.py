@@ -18,10 +18,10 @@ import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from kallos_models import db
 from kallos_models.config import timeframe_to_timedelta
+from kallos_models.data import db
+from kallos_models.data.features import FEATURE_COLUMNS, compute_features
 from kallos_models.errors import DataError
-from kallos_models.features import FEATURE_COLUMNS, compute_features
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +120,7 @@ def read_candles(path: str | Path, fmt: FileFormat = "auto") -> tuple[pd.DataFra
     -------
     (frame, format)
         Raw values as read (strings for CSV), columns ``open_time`` plus those of
-        :data:`kallos_models.db.RAW_COLUMNS` the format has; and the format's name.
+        :data:`kallos_models.data.db.RAW_COLUMNS` the format has; and the format's name.
 
     Raises
     ------
@@ -344,7 +344,7 @@ def ingest_file(
     Parameters
     ----------
     engine
-        Database engine (see :func:`kallos_models.db.create_db_engine`).
+        Database engine (see :func:`kallos_models.data.db.create_db_engine`).
     asset_id
         Asset identifier stored with each row, e.g. ``BTC``; stored as data, never as SQL.
     timeframe

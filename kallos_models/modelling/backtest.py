@@ -1,6 +1,6 @@
 """A simple, honest backtest of one-step forecasts: trade the forecast's sign, pay a fee.
 
-:func:`run_backtest` takes what :func:`kallos_models.evaluation.rolling_forecasts` returns at
+:func:`run_backtest` takes what :func:`kallos_models.stages.evaluate.rolling_forecasts` returns at
 horizon 1 (one row per bar ``t``: ``actual`` = close of ``t``, ``forecast`` of that close,
 ``origin_close`` = close of ``t - 1``) and trades it:
 
@@ -31,6 +31,7 @@ import pandas as pd
 
 from kallos_models.config import BacktestMode, timeframe_to_timedelta
 from kallos_models.errors import ConfigError, DataError
+from kallos_models.files import json_float
 
 __all__ = [
     "CURVE_COLUMNS",
@@ -113,11 +114,6 @@ def _finite(value: Any) -> bool:
         return math.isfinite(float(value)) and not isinstance(value, bool)
     except (TypeError, ValueError):
         return False
-
-
-def _json_float(value: float) -> float | None:
-    value = float(value)
-    return value if math.isfinite(value) else None
 
 
 def bars_per_year(timeframe: str) -> float:
@@ -275,13 +271,13 @@ def _summary(
     drawdown = float(np.min(np.concatenate([[1.0], equity]) / peaks - 1.0))
     hits = (position * bar_return > 0)[in_market]
     return {
-        "total_return": _json_float(equity[-1] - 1.0),
-        "annualised_sharpe": None if sharpe is None else _json_float(sharpe),
-        "max_drawdown": _json_float(drawdown),
+        "total_return": json_float(equity[-1] - 1.0),
+        "annualised_sharpe": None if sharpe is None else json_float(sharpe),
+        "max_drawdown": json_float(drawdown),
         "n_trades": int(np.count_nonzero(np.diff(position, prepend=0.0))),
-        "turnover": _json_float(np.abs(np.diff(position, prepend=0.0)).sum()),
-        "hit_rate": _json_float(hits.mean()) if hits.size else None,
-        "exposure": _json_float(in_market.mean()),
+        "turnover": json_float(np.abs(np.diff(position, prepend=0.0)).sum()),
+        "hit_rate": json_float(hits.mean()) if hits.size else None,
+        "exposure": json_float(in_market.mean()),
         "n_bars": n,
     }
 
@@ -298,7 +294,7 @@ def backtest_curves(
     Parameters
     ----------
     forecasts
-        Output of :func:`kallos_models.evaluation.rolling_forecasts` at horizon 1.
+        Output of :func:`kallos_models.stages.evaluate.rolling_forecasts` at horizon 1.
     timeframe
         Bar size of the forecasts, e.g. ``1d``; the index must step by exactly one bar.
     config
@@ -337,7 +333,7 @@ def run_backtest(
     Parameters
     ----------
     forecasts
-        Output of :func:`kallos_models.evaluation.rolling_forecasts` at horizon 1: columns
+        Output of :func:`kallos_models.stages.evaluate.rolling_forecasts` at horizon 1: columns
         ``actual``, ``forecast`` and ``origin_close`` (``naive`` is not used), one row per bar.
     timeframe
         Bar size of the forecasts, e.g. ``1d`` or ``4h``; sets the annualisation

@@ -3,12 +3,11 @@
 :func:`train_model` is what ``kallos-run train`` runs: read the hyperparameters (a tuner output
 file or a plain JSON object), check them against the model, load the asset's rows up to
 ``train_end_date``, fit the preprocessing and the model on all of them (no validation split,
-no early stopping) and save the bundle with :func:`kallos_models.artifacts.save_bundle`.
+no early stopping) and save the bundle with :func:`kallos_models.modelling.bundles.save_bundle`.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -17,10 +16,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kallos_models import architectures, artifacts, datasets, tracking, training
-from kallos_models.artifacts import BundlePaths
 from kallos_models.config import Settings
+from kallos_models.data import datasets
 from kallos_models.errors import ConfigError, DataError
+from kallos_models.modelling import bundles, fitting, series, zoo
+from kallos_models.modelling.bundles import BundlePaths
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +109,8 @@ def read_params_file(path: str | Path) -> tuple[dict[str, Any], int | None]:
 class TrainResult:
     """The bundle written by :func:`train_model` and its manifest.
 
-    ``tracking`` is what :func:`kallos_models.tracking.log_training` registered (model name,
-    version, run id), or None when tracking is off.
+    ``tracking`` is what the pipeline's tracking registered (model name, version, run id), or
+    None when tracking is off or the stage ran alone (:func:`kallos_models.pipeline.train`).
     """
 
     paths: BundlePaths
@@ -164,7 +164,7 @@ def _full_params(
 ) -> dict[str, Any]:
     """The registry defaults with ``values`` over them and the resolved ``n_epochs``.
 
-    Mirrors :func:`kallos_models.architectures.validate_params`: a default ``learning_rate``
+    Mirrors :func:`kallos_models.modelling.zoo.validate_params`: a default ``learning_rate``
     is left out when ``values`` sets ``optimizer_kwargs["lr"]`` instead.
     """
     full = dict(defaults)
@@ -206,8 +206,7 @@ def train_model(
         ``start_date``, ``db_url``/``db_kwargs``, ``output_path`` (None: ``./trained_models``),
         ``seed``, ``max_epochs`` (a cap on ``n_epochs``), ``accelerator``, ``devices``,
         ``precision``, ``max_gap_bars``, ``feature_groups``, ``optional_features``,
-        ``group_scalers``, ``target_col``, ``target_transform``, and ``tracking_uri`` (log
-        the run and register the bundle in MLflow when set). No default.
+        ``group_scalers``, ``target_col``, ``target_transform``. No default.
     params : Mapping[str, Any] or str or Path
         Hyperparameters, or a JSON file read with :func:`read_params_file`. No default.
         Epochs: ``min(n_epochs, settings.max_epochs)`` when the parameters carry
@@ -235,8 +234,6 @@ def train_model(
         No rows, a long gap, or fewer rows than ``input_chunk_length + output_chunk_length + 1``.
     DatabaseError
         The database cannot be reached.
-    TrackingError
-        Tracking is on and MLflow refused the run or the registration (the bundle is kept).
     """
     if not settings.train_end_date:
         raise ConfigError(
@@ -248,20 +245,22 @@ def train_model(
             "missing --asset-id: name the asset to train on (asset_id in config.json, "
             "KALLOS_ASSET_ID in the environment)"
         )
-    tracking.require_mlflow(settings)  # before any training: a missing extra fails now
     model_name = settings.model_name
-    spec = architectures.get_spec(model_name)
+    spec = zoo.get_spec(model_name)
     values = _resolve_params(params)
-    n_epochs = training.resolve_n_epochs(values, settings.max_epochs, model_name)
+    n_epochs = fitting.resolve_n_epochs(values, settings.max_epochs, model_name)
     used_params = _full_params(spec.defaults, values, n_epochs)
-    checked = architectures.validate_params(model_name, used_params, random_state=settings.seed)
+    checked = zoo.validate_params(model_name, used_params, random_state=settings.seed)
     input_chunk_length = int(checked["input_chunk_length"])
     output_chunk_length = int(checked["output_chunk_length"])
 
-    paths = artifacts.bundle_paths(
-        settings.output_path or DEFAULT_OUTPUT_PATH, model_name, settings.asset_id
+    paths = bundles.bundle_paths(
+        settings.output_path or DEFAULT_OUTPUT_PATH,
+        model_name,
+        settings.asset_id,
+        settings.timeframe,
     )
-    artifacts.check_overwrite(paths, overwrite=overwrite)
+    bundles.check_overwrite(paths, overwrite=overwrite)
 
     database: Any = settings.db_url or settings.db_kwargs
     if not database:
@@ -283,14 +282,14 @@ def train_model(
             f"{output_chunk_length} + 1); use an earlier --start-date, a later --end-date, or a "
             "smaller input_chunk_length"
         )
-    prepared = datasets.prepare_from_settings(settings, frame)
-    trainer_kwargs = training.build_trainer_kwargs(
+    prepared = series.prepare_from_settings(settings, frame)
+    trainer_kwargs = fitting.build_trainer_kwargs(
         accelerator=settings.accelerator,
         devices=settings.devices,
         precision=settings.precision,
         show_progress=show_progress,
     )
-    fit = training.fit_forecaster(
+    fit = fitting.fit_forecaster(
         model_name,
         used_params,
         prepared,
@@ -327,7 +326,7 @@ def train_model(
         "epochs_run": fit.epochs_run,
         "training_seconds": round(fit.seconds, 3),
     }
-    artifacts.save_bundle(
+    bundles.save_bundle(
         paths.model.parent,
         model_name,
         settings.asset_id,
@@ -348,6 +347,4 @@ def train_model(
         fit.seconds,
         paths.model,
     )
-    result = TrainResult(paths=paths, manifest=written)
-    tracked = tracking.log_training(settings, result)  # None unless tracking is on
-    return dataclasses.replace(result, tracking=tracked) if tracked else result
+    return TrainResult(paths=paths, manifest=written)

@@ -8,7 +8,8 @@ Layout (``base`` is the ``binance_archive_url`` setting, default https://data.bi
 Each zip is downloaded to ``<name>.part`` (continued with an HTTP Range request after an
 interruption), its SHA-256 checked against the ``.CHECKSUM`` file, and only then renamed into
 the cache. A cached zip is checked again before use. Open times in the archive are epoch
-milliseconds until 2024 and microseconds from 2025; :func:`kallos_models.ingest.parse_open_times`
+milliseconds until 2024 and microseconds from 2025;
+:func:`kallos_models.data.ingest.parse_open_times`
 tells them apart per value.
 """
 
@@ -29,8 +30,8 @@ from typing import Any
 import pandas as pd
 from sqlalchemy.engine import Engine
 
+from kallos_models.data.ingest import BINANCE_COLUMNS, IngestSummary, ingest_frame
 from kallos_models.errors import ConfigError, DataError
-from kallos_models.ingest import BINANCE_COLUMNS, IngestSummary, ingest_frame
 
 logger = logging.getLogger(__name__)
 

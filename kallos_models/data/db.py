@@ -9,13 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
+from urllib.parse import quote
 
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
+from kallos_models.data.features import FEATURE_COLUMNS
 from kallos_models.errors import ConfigError, DatabaseError
-from kallos_models.features import FEATURE_COLUMNS
 
 logger = logging.getLogger(__name__)
 
@@ -64,6 +65,68 @@ def mask_url(url: str | URL) -> str:
     if ":" not in credentials:
         return text
     return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+
+
+def _password_of(url: str | URL) -> str | None:
+    if isinstance(url, URL):
+        return url.password
+    text = str(url)
+    if "://" not in text or "@" not in text:
+        return None
+    credentials = text.split("://", 1)[1].rsplit("@", 1)[0]
+    return credentials.split(":", 1)[1] if ":" in credentials else None
+
+
+def scrub(text: str, url: str | URL) -> str:
+    """``text`` (an error message) with the password of ``url`` replaced by ``***``.
+
+    The one password scrubber for database, Optuna storage and MLflow messages alike; the
+    password is found the way :func:`mask_url` finds it (a password holding an unescaped
+    ``@`` is hidden whole).
+    """
+    password = _password_of(url)
+    if password:
+        text = text.replace(password, "***")
+        encoded = quote(password, safe="")
+        if encoded != password:
+            text = text.replace(encoded, "***")
+    return text
+
+
+def engine_options(url: URL, *, schema: str | None = None) -> dict[str, Any]:
+    """``sqlalchemy.create_engine`` keyword arguments for ``url``: the one place they are set.
+
+    Used for the market database and for Optuna's storage alike.
+
+    Parameters
+    ----------
+    url : URL
+        A resolved URL (:func:`resolve_url`). No default.
+    schema : str or None, default None
+        A PostgreSQL schema put first on the connection's ``search_path`` (Optuna's tables
+        in their own schema); must already be a checked identifier.
+
+    Returns
+    -------
+    dict
+        SQLite: a 30 s lock timeout. PostgreSQL: pre-ping, a 10 s connect timeout, batched
+        executemany on psycopg2, and the ``search_path`` for ``schema``.
+    """
+    backend = url.get_backend_name()
+    if backend == "sqlite":
+        return {"connect_args": {"timeout": 30}}
+    kwargs: dict[str, Any] = {"pool_pre_ping": True}
+    if backend == "postgresql":
+        connect_args: dict[str, Any] = {"connect_timeout": 10}
+        if schema:
+            quoted = '"' + schema.replace('"', '""') + '"'
+            connect_args["options"] = f"-csearch_path={quoted}"
+        kwargs["connect_args"] = connect_args
+        if url.get_driver_name() == "psycopg2":
+            # Batched executemany: the upsert sends pages of rows, not one round trip per row.
+            kwargs["executemany_mode"] = "values_plus_batch"
+            kwargs["executemany_batch_page_size"] = 500
+    return kwargs
 
 
 def url_from_db_kwargs(db_kwargs: Mapping[str, Any]) -> URL:
@@ -136,21 +199,12 @@ def create_db_engine(db: str | URL | Mapping[str, Any], *, create_tables: bool =
         URL with its password masked.
     """
     url = resolve_url(db)
-    kwargs: dict[str, Any] = {}
-    if url.get_backend_name() == "sqlite":
-        kwargs["connect_args"] = {"timeout": 30}
-    else:
-        kwargs["pool_pre_ping"] = True
-        if url.get_backend_name() == "postgresql" and url.get_driver_name() == "psycopg2":
-            # Batched executemany: the upsert sends pages of rows, not one round trip per row.
-            kwargs["executemany_mode"] = "values_plus_batch"
-            kwargs["executemany_batch_page_size"] = 500
-        if url.get_backend_name() == "postgresql":
-            kwargs["connect_args"] = {"connect_timeout": 10}
     try:
-        engine = sa.create_engine(url, **kwargs)
+        engine = sa.create_engine(url, **engine_options(url))
     except Exception as exc:  # e.g. driver not installed for this dialect
-        raise DatabaseError(f"cannot use database {mask_url(url)}: {exc}") from exc
+        raise DatabaseError(
+            f"cannot use database {mask_url(url)}: {scrub(str(exc), url)}"
+        ) from None
     try:
         with engine.connect() as conn:
             conn.execute(sa.select(sa.literal(1)))
@@ -171,7 +225,7 @@ def create_db_engine(db: str | URL | Mapping[str, Any], *, create_tables: bool =
 
 def _detail(exc: sa.exc.DBAPIError, url: URL) -> str:
     detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-    return detail.replace(url.password, "***") if url.password else detail
+    return scrub(detail, url)
 
 
 def upsert_rows(

@@ -1,0 +1,204 @@
+"""Rolling forecasts of a fitted model over a frame, in prices, beside naive persistence.
+
+The forecasting core under the stages: the tuner scores its folds, ``evaluate`` its hold-out
+window and ``predict`` tomorrow with these functions, so a fold score and a hold-out score
+mean the same thing. Darts and torch are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kallos_models.config import parse_date
+from kallos_models.errors import ConfigError, DataError, ModelError
+from kallos_models.modelling.preprocessing import FeaturePreprocessor
+
+logger = logging.getLogger(__name__)
+
+RESULT_COLUMNS: tuple[str, ...] = ("actual", "forecast", "naive", "origin_close")
+
+
+def model_chunk_lengths(model: Any) -> tuple[int, int]:
+    """``(input_chunk_length, output_chunk_length)`` of a Darts torch model (ModelError)."""
+    try:
+        icl = int(model.input_chunk_length)
+        ocl = int(model.output_chunk_length)
+    except (AttributeError, TypeError) as exc:
+        raise ModelError(
+            f"{type(model).__name__} has no input_chunk_length/output_chunk_length; rolling "
+            "forecasts need a Darts torch forecasting model (see architectures.create_model)"
+        ) from exc
+    return icl, ocl
+
+
+def check_horizon(horizon: int, output_chunk_length: int) -> int:
+    """``horizon`` as an int, checked to be in ``1 .. output_chunk_length`` (ConfigError)."""
+    if isinstance(horizon, bool) or not isinstance(horizon, (int, np.integer)) or horizon < 1:
+        raise ConfigError(f"horizon must be a whole number of bars >= 1, got {horizon!r}")
+    horizon = int(horizon)
+    if horizon > output_chunk_length:
+        raise ConfigError(
+            f"horizon {horizon} exceeds the model's output_chunk_length {output_chunk_length}: "
+            "longer horizons would feed the model future values of past covariates; use "
+            f"--horizon <= {output_chunk_length} or retrain with output_chunk_length >= {horizon}"
+        )
+    return horizon
+
+
+def lookback_bars(input_chunk_length: int, horizon: int, target_transform: str) -> int:
+    """Bars needed before the first evaluated bar.
+
+    The first forecast that lands on the first evaluated bar ``start`` at step ``horizon`` is
+    made at the origin ``start - horizon`` bars; its input window is the ``input_chunk_length``
+    bars ending at that origin, and a log-return target needs one more close before them.
+
+    Parameters
+    ----------
+    input_chunk_length
+        The model's lookback, in bars.
+    horizon
+        Forecast step that is scored, in bars.
+    target_transform
+        ``"log_return"`` or ``"price"``.
+
+    Returns
+    -------
+    int
+        ``input_chunk_length + horizon - 1``, plus 1 for ``"log_return"``.
+    """
+    return (
+        int(input_chunk_length) + int(horizon) - 1 + (1 if target_transform == "log_return" else 0)
+    )
+
+
+def _to_timestamp(value: Any, name: str) -> pd.Timestamp:
+    ts = parse_date(value, name)
+    if ts is None:
+        raise ConfigError(f"{name} is required; give a date such as 2024-07-01")
+    return ts
+
+
+def rolling_forecasts(
+    model: Any,
+    preprocessor: FeaturePreprocessor,
+    frame: pd.DataFrame,
+    *,
+    start: pd.Timestamp,
+    horizon: int = 1,
+) -> pd.DataFrame:
+    """One ``horizon``-step forecast per bar from ``start`` to the end of ``frame``, in prices.
+
+    The forecast for bar ``T`` is made at the origin ``t0 = T - horizon`` bars from the
+    ``input_chunk_length`` bars ending at ``t0`` (target and past covariates); it is a path
+    of ``horizon`` scaled targets whose first step is ``t0 + 1``. The path is turned into
+    prices from the anchor ``close[t0]`` (:meth:`FeaturePreprocessor.to_prices`: cumulative for
+    log returns) and its last step is the forecast for ``T``. The naive persistence forecast
+    for ``T`` is the same anchor, the last close known at the origin.
+
+    Parameters
+    ----------
+    model
+        A fitted Darts torch forecasting model that takes past covariates.
+    preprocessor
+        The preprocessing fitted with the model; only used to transform (never refit).
+    frame
+        Untransformed rows as returned by :func:`kallos_models.data.datasets.load_features_from_db`:
+        a regular DatetimeIndex, the target column and the feature columns. It must hold at
+        least :func:`lookback_bars` rows before ``start`` and runs to the last bar evaluated.
+    start
+        First bar evaluated; the first bar of ``frame`` at or after it is used.
+    horizon
+        Forecast step scored, in bars; default 1. At most the model's
+        ``output_chunk_length``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by the forecast timestamps (every bar of ``frame`` from ``start`` on), float64
+        columns ``actual``, ``forecast``, ``naive`` and ``origin_close``.
+
+    Raises
+    ------
+    ConfigError
+        ``horizon`` below 1 or above the model's ``output_chunk_length``.
+    DataError
+        ``frame`` not on a regular grid, no bar at or after ``start``, fewer rows before
+        ``start`` than :func:`lookback_bars`, or a transform error (missing column, NaN).
+    ModelError
+        The model produced non-finite forecasts, or Darts did not forecast the bars asked for.
+    """
+    from kallos_models.modelling.series import bar_offset, check_grid, to_series
+
+    icl, ocl = model_chunk_lengths(model)
+    horizon = check_horizon(horizon, ocl)
+    offset = bar_offset(frame, "frame")
+    check_grid(frame, offset, "frame")
+    start_ts = _to_timestamp(start, "start")
+    pos = int(frame.index.searchsorted(start_ts, side="left"))
+    if pos >= len(frame):
+        raise DataError(
+            f"no bar at or after start {start_ts} to forecast: the frame ends at "
+            f"{frame.index[-1]}; load rows up to the end of the evaluation window"
+        )
+    needed = lookback_bars(icl, horizon, preprocessor.target_transform)
+    if pos < needed:
+        extra = (
+            " + 1 for the log-return target"
+            if preprocessor.target_transform == "log_return"
+            else ""
+        )
+        raise DataError(
+            f"forecasting from {frame.index[pos]} at horizon {horizon} needs {needed} bars of "
+            f"lookback before it (input_chunk_length {icl} + horizon {horizon} - 1{extra}), "
+            f"but the frame has {pos} (it starts at {frame.index[0]}); load rows from "
+            f"{frame.index[pos] - needed * offset} or start the evaluation later"
+        )
+
+    covariates = to_series(preprocessor.transform_covariates(frame), offset)
+    target = to_series(preprocessor.transform_target(frame), offset)
+    first_step = frame.index[pos - (horizon - 1)]
+    forecasts = model.historical_forecasts(
+        series=target,
+        past_covariates=covariates,
+        start=first_step,
+        forecast_horizon=horizon,
+        stride=1,
+        retrain=False,
+        last_points_only=False,
+        verbose=False,
+    )
+    expected = len(frame) - pos
+    if len(forecasts) != expected or (forecasts and forecasts[0].start_time() != first_step):
+        got = forecasts[0].start_time() if forecasts else "nothing"
+        raise ModelError(
+            f"Darts made {len(forecasts)} forecasts starting at {got}; expected {expected} "
+            f"starting at {first_step}. Check that the model was trained with these covariates"
+        )
+
+    close = frame[preprocessor.target_col].to_numpy(dtype="float64")
+    index = frame.index
+    times: list[pd.Timestamp] = []
+    rows: list[tuple[float, float, float, float]] = []
+    for fc in forecasts:
+        first = index.get_loc(fc.start_time())
+        origin = int(first) - 1
+        anchor = float(close[origin])
+        path = np.asarray(fc.values(copy=False), dtype="float64")[:, 0]
+        prices = preprocessor.to_prices(path, anchor)
+        when = origin + horizon
+        times.append(index[when])
+        rows.append((float(close[when]), float(prices[horizon - 1]), anchor, anchor))
+    results = pd.DataFrame(
+        rows, index=pd.DatetimeIndex(times, name=index.name or "open_time"), columns=RESULT_COLUMNS
+    )
+    if not np.isfinite(results["forecast"].to_numpy()).all():
+        bad = results.index[~np.isfinite(results["forecast"].to_numpy())]
+        raise ModelError(
+            f"the model produced {len(bad)} non-finite forecast(s), the first for {bad[0]}; "
+            "the model has diverged: retrain it (lower learning_rate) before evaluating"
+        )
+    return results

@@ -1,0 +1,331 @@
+"""Hold-out evaluation: rolling forecasts, metrics against naive persistence, a plot.
+
+:func:`evaluate_model` loads a saved bundle (checksums verified before anything is unpickled),
+reads the hold-out window plus the lookback the model needs from the database, makes one
+forecast per bar with the fitted preprocessing (never refit), turns the forecasts back into
+prices and scores them against the naive forecast "the next close equals the last known close".
+At horizon 1 it also backtests the forecasts against buy-and-hold
+(:mod:`kallos_models.modelling.backtest`). It writes ``{stem}_evaluation_metrics.json`` and
+``{stem}_evaluation_plot.png``, ``{stem}`` being the asset plus the timeframe unless it is
+``1d`` (:func:`kallos_models.files.run_stem`): ``BTC_evaluation_metrics.json``,
+``BTC_4h_evaluation_metrics.json``.
+
+The forecasts and metrics come from the forecasting core
+(:mod:`kallos_models.modelling.forecasting`, :mod:`kallos_models.modelling.metrics`), which
+the tuner scores its folds with too, so a fold score and a hold-out score mean the same thing.
+
+Darts, torch and matplotlib are imported inside the functions that need them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kallos_models.config import Settings, parse_date, timeframe_to_timedelta
+from kallos_models.errors import ArtifactError, ConfigError, DataError
+from kallos_models.files import run_stem, write_json
+from kallos_models.modelling.backtest import BacktestConfig, backtest_curves, run_backtest
+from kallos_models.modelling.bundles import is_registry_uri
+from kallos_models.modelling.forecasting import (
+    check_horizon,
+    lookback_bars,
+    model_chunk_lengths,
+    rolling_forecasts,
+)
+from kallos_models.modelling.metrics import compute_metrics
+from kallos_models.stages.evaluate.plot import plot_evaluation
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["DEFAULT_OUTPUT_PATH", "EvaluationResult", "evaluate_model"]
+
+#: Where :func:`evaluate_model` writes when ``settings.output_path`` is None.
+DEFAULT_OUTPUT_PATH = "./evaluation_results"
+
+
+# --------------------------------------------------------------------------------------------
+# End to end
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class EvaluationResult:
+    """What :func:`evaluate_model` computed and wrote.
+
+    Attributes
+    ----------
+    metrics
+        The metrics and their context, as written to ``metrics_path``.
+    metrics_path
+        ``{output_path}/{stem}_evaluation_metrics.json`` (see the module docstring).
+    plot_path
+        ``{output_path}/{stem}_evaluation_plot.png``.
+    forecasts
+        One row per evaluated bar: ``actual``, ``forecast``, ``naive``, ``origin_close``.
+    manifest_path
+        The manifest of the bundle evaluated (what tracking matches to a registered version).
+    tracking
+        Where the pipeline's tracking logged the metrics (registered model, version, run id),
+        or None when tracking is off or the stage ran alone.
+    """
+
+    metrics: dict[str, Any]
+    metrics_path: Path
+    plot_path: Path
+    forecasts: pd.DataFrame
+    manifest_path: Path | None = None
+    tracking: dict[str, Any] | None = None
+
+
+def _manifest_value(manifest: Mapping[str, Any], key: str, bundle: str) -> Any:
+    if key not in manifest or manifest[key] in (None, ""):
+        raise ArtifactError(
+            f"the manifest {bundle} has no {key!r}; the bundle is incomplete: retrain it "
+            "with `kallos-run train`"
+        )
+    return manifest[key]
+
+
+def _backtest_config(settings: Settings) -> BacktestConfig:
+    """The backtest rules from ``backtest_mode``, ``backtest_threshold`` and ``fee_bps``."""
+    return BacktestConfig(
+        mode=settings.backtest_mode,
+        threshold=float(settings.backtest_threshold),
+        fee_bps=float(settings.fee_bps),
+    )
+
+
+def evaluate_model(
+    settings: Settings,
+    *,
+    model_path: str | Path,
+    scaler_path: str | Path | None = None,
+    horizon: int | None = None,
+    source: str | None = None,
+) -> EvaluationResult:
+    """Evaluate a saved model on a hold-out window it never saw; write metrics and a plot.
+
+    Steps: check the window; load the bundle (checksums verified before unpickling); check
+    that model, asset and window fit the bundle (no overlap with training, horizon at most
+    the model's ``output_chunk_length``); load the window plus the lookback from the database
+    (the bundle's timeframe); make rolling forecasts; score them against naive persistence;
+    at horizon 1, backtest them against buy-and-hold
+    (:func:`kallos_models.modelling.backtest.run_backtest`,
+    under the metrics' ``backtest`` key; at other horizons the key holds the config, null
+    results and a note); write ``{stem}_evaluation_metrics.json`` and
+    ``{stem}_evaluation_plot.png`` (with an equity panel when there is a backtest).
+
+    Parameters
+    ----------
+    settings
+        ``asset_id``, ``model_name``, ``test_start_date`` and ``test_end_date`` (both
+        required), ``db_url``/``db_kwargs``, ``max_gap_bars``, ``horizon``, ``output_path``
+        (default None writes to ``./evaluation_results``), and ``backtest_mode``,
+        ``backtest_threshold`` and ``fee_bps`` for the backtest.
+    model_path
+        The bundle's model file (``{stem}.pt``), a local path.
+    scaler_path
+        The bundle's scaler file; default None takes it from the manifest beside the model.
+    horizon
+        Forecast step scored, in bars; default None uses ``settings.horizon``.
+    source
+        What the metrics record calls the model (its ``model_path`` key); default None uses
+        ``model_path`` (the pipeline passes the ``models:/`` URI it resolved).
+
+    Returns
+    -------
+    EvaluationResult
+
+    Raises
+    ------
+    ConfigError
+        A window date missing or reversed, ``model_name`` or ``asset_id`` not those of the
+        bundle, a horizon above the model's ``output_chunk_length``, or backtest settings out
+        of range (a negative threshold, ``fee_bps`` outside ``[0, 5000)``).
+    ArtifactError
+        A bundle file missing or tampered with (checksum mismatch).
+    DataError
+        The window starts on or before the end of training (leakage), too little history
+        before the window, or no rows in it.
+
+    Notes
+    -----
+    This stage reads local bundles only: :func:`kallos_models.pipeline.evaluate` resolves a
+    ``models:/`` URI to a downloaded, verified bundle first, and logs the result to MLflow
+    when tracking is on.
+    """
+    from kallos_models.data import datasets
+    from kallos_models.modelling import bundles
+
+    if is_registry_uri(model_path):
+        raise ConfigError(
+            f"{model_path} is a registry URI: evaluate it through kallos_models.pipeline."
+            "evaluate (what `kallos-run evaluate` calls), which downloads and verifies that "
+            "version's bundle first"
+        )
+    source = str(Path(model_path)) if source is None else source
+
+    start_ts = parse_date(settings.test_start_date, "test_start_date")
+    end_ts = parse_date(settings.test_end_date, "test_end_date")
+    if start_ts is None or end_ts is None:
+        raise ConfigError(
+            "evaluation needs a hold-out window: set --test-start-date and --test-end-date "
+            "(or test_start_date / test_end_date in config.json), e.g. 2024-07-01 and 2025-06-30"
+        )
+    if start_ts > end_ts:
+        raise ConfigError(
+            f"test window is reversed: --test-start-date {start_ts.date()} is after "
+            f"--test-end-date {end_ts.date()}; swap them"
+        )
+    if not settings.asset_id:
+        raise ConfigError("evaluation needs an asset: pass --asset-id, e.g. --asset-id BTC")
+    backtest_config = _backtest_config(settings)
+
+    bundle = bundles.load_bundle(model_path, scaler_path)
+    manifest = bundle.manifest
+    where = str(bundle.paths.manifest)
+    bundle_model = _manifest_value(manifest, "model_name", where)
+    if settings.model_name != bundle_model:
+        raise ConfigError(
+            f"model_name is {settings.model_name!r} but the bundle {Path(model_path).name} holds "
+            f"a {bundle_model!r} model; pass --model-name {bundle_model} or the bundle of a "
+            f"{settings.model_name!r} model"
+        )
+    bundle_asset = _manifest_value(manifest, "asset_id", where)
+    if str(settings.asset_id) != str(bundle_asset):
+        raise ConfigError(
+            f"asset_id is {settings.asset_id!r} but the bundle was trained on {bundle_asset!r}; "
+            f"pass --asset-id {bundle_asset} or the bundle of a {settings.asset_id!r} model"
+        )
+    timeframe = str(_manifest_value(manifest, "timeframe", where))
+    if settings.timeframe != timeframe:
+        logger.info(
+            "using the bundle's timeframe %s (settings say %s)", timeframe, settings.timeframe
+        )
+    train_end = parse_date(_manifest_value(manifest, "train_end", where), "train_end")
+    if train_end is not None and start_ts <= train_end:
+        raise DataError(
+            f"test window starts at {start_ts}, on or before the end of the model's training "
+            f"data ({train_end}): scoring it there would be leakage (the model saw those bars); "
+            f"set --test-start-date after {train_end.date()}"
+        )
+    model = bundle.model
+    preprocessor = bundle.preprocessor
+    icl, ocl = model_chunk_lengths(model)
+    steps = check_horizon(settings.horizon if horizon is None else horizon, ocl)
+    needed = lookback_bars(icl, steps, preprocessor.target_transform)
+    bar = timeframe_to_timedelta(timeframe)
+
+    db_source = settings.db_url or settings.db_kwargs
+    if not db_source:
+        raise ConfigError("no database: pass --db-url or set db_kwargs in config.json")
+    columns = list(dict.fromkeys([preprocessor.target_col, *preprocessor.feature_columns]))
+    frame = datasets.load_features_from_db(
+        str(settings.asset_id),
+        end_ts,
+        db_source,
+        start_date=start_ts - (needed + 1) * bar,
+        timeframe=timeframe,
+        columns=columns,
+        max_gap_bars=settings.max_gap_bars,
+        drop_warmup=True,
+    )
+    pos = int(frame.index.searchsorted(start_ts, side="left"))
+    if pos >= len(frame):
+        raise DataError(
+            f"asset {settings.asset_id!r} ({timeframe}) has no bars between {start_ts} and "
+            f"{end_ts}; its loaded data ends at {frame.index[-1]}: move the test window into "
+            "the stored range or ingest newer data"
+        )
+    if pos < needed:
+        raise DataError(
+            f"the model needs {needed} {timeframe} bars of history before the test window "
+            f"(input_chunk_length {icl}, horizon {steps}), but {settings.asset_id!r} has {pos} "
+            f"before {frame.index[pos]} (usable data starts at {frame.index[0]}); set "
+            f"--test-start-date at least {needed - pos} bars later"
+        )
+
+    results = rolling_forecasts(model, preprocessor, frame, start=start_ts, horizon=steps)
+    window_close = frame[preprocessor.target_col].to_numpy(dtype="float64")[pos - 1 :]
+    mase_scale = float(np.mean(np.abs(np.diff(window_close))))
+    metrics = compute_metrics(
+        results["actual"].to_numpy(),
+        results["forecast"].to_numpy(),
+        results["naive"].to_numpy(),
+        origin=results["origin_close"].to_numpy(),
+        horizon=steps,
+        mase_scale=mase_scale,
+    )
+    curves: pd.DataFrame | None = None
+    if steps == 1:
+        backtest: dict[str, Any] = run_backtest(
+            results, timeframe=timeframe, config=backtest_config
+        )
+        curves = backtest_curves(results, timeframe=timeframe, config=backtest_config)
+    else:
+        backtest = {
+            "config": dataclasses.asdict(backtest_config),
+            "strategy": None,
+            "buy_and_hold": None,
+            "note": f"not run at horizon {steps}: the backtest trades one-step forecasts only; "
+            "evaluate with --horizon 1",
+        }
+    filled = frame["filled"].iloc[pos:] if "filled" in frame.columns else None
+    record: dict[str, Any] = {
+        "model_name": bundle_model,
+        "asset_id": str(settings.asset_id),
+        "timeframe": timeframe,
+        "test_start": start_ts.isoformat(),
+        "test_end": end_ts.isoformat(),
+        "first_forecast": results.index[0].isoformat(),
+        "last_forecast": results.index[-1].isoformat(),
+        "horizon": steps,
+        "train_end": None if train_end is None else train_end.isoformat(),
+        "target_transform": preprocessor.target_transform,
+        "input_chunk_length": icl,
+        "output_chunk_length": ocl,
+        "n_filled": 0 if filled is None else int(filled.astype(bool).sum()),
+        "mase_scale_source": "mean |close[t] - close[t-1]| over the window, from the bar "
+        "before its first (the naive one-step MAE)",
+        "model_path": source,
+        **metrics,
+        "backtest": backtest,
+    }
+
+    out_dir = Path(settings.output_path or DEFAULT_OUTPUT_PATH)
+    stem = run_stem(str(settings.asset_id), timeframe=timeframe)
+    metrics_path = write_json(out_dir / f"{stem}_evaluation_metrics.json", record)
+    title = (
+        f"{settings.asset_id} {timeframe}  -  {bundle_model}  -  hold-out "
+        f"{results.index[0]:%Y-%m-%d} to {results.index[-1]:%Y-%m-%d}  -  horizon {steps}"
+    )
+    plot_path = plot_evaluation(
+        results,
+        {**metrics, "backtest": backtest},
+        title=title,
+        path=out_dir / f"{stem}_evaluation_plot.png",
+        curves=curves,
+    )
+    logger.info(
+        "evaluated %s on %s: rmse %.6g, naive %.6g, ratio %s",
+        bundle_model,
+        settings.asset_id,
+        metrics["rmse"],
+        metrics["naive"]["rmse"],
+        metrics["rmse_ratio"],
+    )
+    return EvaluationResult(
+        metrics=record,
+        metrics_path=metrics_path,
+        plot_path=plot_path,
+        forecasts=results,
+        manifest_path=bundle.paths.manifest,
+    )
