@@ -83,6 +83,8 @@ class Settings:
         default_factory=lambda: {k: list(v) for k, v in DEFAULT_FEATURE_GROUPS.items()}
     )
     optional_features: list[str] = field(default_factory=lambda: ["taker_buy_base_asset_volume"])
+    #: Indicator columns added to (or replacing) the default spec: name -> {"function": ...}
+    indicators: dict[str, Any] | None = None
     group_scalers: dict[str, str] = field(default_factory=dict)
     # training
     max_epochs: int = 100
@@ -224,6 +226,14 @@ def _validate(s: Settings) -> None:
         raise ConfigError(
             "feature_groups must be an object of group name -> list of column names, "
             'e.g. {"volume_features": ["volume"], "bounded_features": ["rsi"]}'
+        )
+    if s.indicators is not None and not all(
+        isinstance(entry, dict) and isinstance(entry.get("function"), str)
+        for entry in s.indicators.values()
+    ):
+        raise ConfigError(
+            'indicators must be an object of column name -> {"function": TA-Lib name or '
+            'built-in, parameters...}, e.g. {"cci_20": {"function": "CCI", "timeperiod": 20}}'
         )
     if s.db_kwargs is not None:
         unknown = sorted(set(s.db_kwargs) - set(DB_KWARGS_KEYS))

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from kallos_models.data import db, ingest
+from kallos_models.data import datasets, db, ingest
 from kallos_models.errors import DataError
 from tests.helpers import make_ohlcv, write_binance_csv, write_ohlcv_csv
 
@@ -51,11 +51,13 @@ def test_all_shared_data_ingests_idempotently(db_url: str, shared_data: Path) ->
     # real defects are reported, not hidden
     eth = ingest.ingest_file(engine, "ETH", "4h", shared_data / "binance_klines/ETHUSDT_4h.csv")
     assert eth.gaps["count"] == 8 and eth.gaps["missing_bars"] == 16 and eth.zero_volume_bars == 1
-    # indicators are stored; warm-up rows are NULL and marked
+    # the table holds candles only; indicators are computed when a window is loaded
     frame = db.read_market_frame(engine, "BTC", "1d")
-    assert frame["warmup"].iloc[:10].all() and not frame["warmup"].iloc[100:].any()
-    assert frame["rsi"].iloc[:14].isna().all() and frame["rsi"].iloc[14:].notna().all()
-    assert frame["macd_diff"].iloc[100:].notna().all()
+    assert list(frame.columns) == ["asset_id", "timeframe", *db.RAW_COLUMNS]
+    loaded = datasets.load_features_from_db("BTC", None, engine, drop_warmup=False)
+    assert loaded["warmup"].iloc[:10].all() and not loaded["warmup"].iloc[100:].any()
+    assert loaded["rsi"].iloc[:14].isna().all() and loaded["rsi"].iloc[14:].notna().all()
+    assert loaded["macd_diff"].iloc[100:].notna().all()
 
 
 def test_messy_file_refused_whole_then_skip_invalid_reports(db_url: str, shared_data: Path) -> None:

@@ -1,4 +1,4 @@
-"""Datasets: market features from the database, walk-forward splits, Darts series.
+"""Datasets: windows of candles with their indicators from the database, walk-forward splits.
 
 Gap policy of :func:`load_features_from_db`: the frame is put on the asset's regular bar grid.
 A run of at most ``max_gap_bars`` missing bars is filled: each filled bar repeats the previous
@@ -10,7 +10,7 @@ is an error naming it; start after it, end before it, or raise ``max_gap_bars``.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -23,7 +23,7 @@ from kallos_models.config import (
     timeframe_to_timedelta,
 )
 from kallos_models.data import db
-from kallos_models.data.features import FEATURE_COLUMNS
+from kallos_models.data.features import compute_indicators, history_bars, resolve_indicators
 from kallos_models.errors import ConfigError, DataError
 
 if TYPE_CHECKING:
@@ -56,8 +56,15 @@ def load_features_from_db(
     columns: Iterable[str] | None = None,
     max_gap_bars: int = 16,
     drop_warmup: bool = True,
+    indicators: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> pd.DataFrame:
-    """Load one asset's bars and features for ``[start_date, end_date]`` on a regular grid.
+    """Load one asset's candles for ``[start_date, end_date]``, compute its indicators, and
+    put the bars on a regular grid.
+
+    The indicators of ``indicators`` (default :data:`kallos_models.data.features.
+    DEFAULT_INDICATORS`) are computed from the stored candles, with
+    :func:`kallos_models.data.features.history_bars` extra bars read before ``start_date`` so
+    that their values at the first bar of the window do not depend on where it starts.
 
     Parameters
     ----------
@@ -73,11 +80,15 @@ def load_features_from_db(
     timeframe
         Bar size, default ``1d``.
     columns
-        Columns to return besides ``filled``; default None returns every stored column.
+        Columns to return besides ``filled``: candle columns and indicator names; default
+        None returns every candle column, every indicator and ``warmup``.
     max_gap_bars
         Longest run of missing bars that is filled; default 16 (see the module docstring).
     drop_warmup
         Drop leading rows whose indicators are still warming up (undefined); default True.
+    indicators
+        The indicator spec (column -> entry); default None: the default spec. Checked with
+        :func:`kallos_models.data.features.resolve_indicators`.
 
     Returns
     -------
@@ -90,6 +101,9 @@ def load_features_from_db(
     DataError
         No rows for the asset (lists the assets present), an empty or reversed range, or a
         gap longer than ``max_gap_bars``.
+        A column that is neither a candle column nor an indicator of the spec.
+    ConfigError
+        A bad indicator spec.
     """
     start = parse_date(start_date, "start_date")
     end = parse_date(end_date, "end_date")
@@ -98,23 +112,25 @@ def load_features_from_db(
             f"date range is empty: start {start.date()} is after end {end.date()}; "
             "swap them or widen the range"
         )
-    engine = _engine(db_kwargs)
+    spec = resolve_indicators(base=indicators) if indicators is not None else resolve_indicators()
     wanted = list(columns) if columns is not None else None
     if wanted is not None:
-        known = {c.name for c in db.market_table.c}
+        known = [*db.RAW_COLUMNS, *spec]
         unknown = [c for c in wanted if c not in known]
         if unknown:
             raise DataError(
-                f"unknown columns {unknown}; market columns: "
-                f"{', '.join(c for c in known if c not in db.KEY_COLUMNS)}"
+                f"unknown columns {unknown}: neither candle columns nor indicators; candle "
+                f"columns: {', '.join(db.RAW_COLUMNS)}; indicators: {', '.join(spec)} (add "
+                "one to the indicators key of config.json)"
             )
-    read_cols = None
-    if wanted is not None:
-        read_cols = list(dict.fromkeys([*db.PRICE_COLUMNS, "warmup", *wanted]))
-    frame = db.read_market_frame(
-        engine, asset_id, timeframe, columns=read_cols, start=start, end=end
+    engine = _engine(db_kwargs)
+    bar = timeframe_to_timedelta(timeframe)
+    read_from = None if start is None else start - history_bars(spec) * bar
+    candles = db.read_market_frame(
+        engine, asset_id, timeframe, columns=list(db.RAW_COLUMNS), start=read_from, end=end
     )
-    if frame.empty:
+    in_window = candles if start is None else candles[candles.index >= start]
+    if in_window.empty:
         everything = db.read_market_frame(engine, asset_id, timeframe, columns=["close"])
         if everything.empty:
             raise DataError(
@@ -127,9 +143,11 @@ def load_features_from_db(
             f"{end.date() if end is not None else 'the end'}; its data covers "
             f"{everything.index.min()} .. {everything.index.max()}"
         )
-    frame = frame.drop(columns=["asset_id", "timeframe"], errors="ignore")
-    frame = _regularise(frame, timeframe, max_gap_bars)
-    if drop_warmup and "warmup" in frame.columns:
+    frame = pd.concat([candles, compute_indicators(candles, spec)], axis=1)
+    if start is not None:
+        frame = frame[frame.index >= start]
+    frame = _regularise(frame, timeframe, max_gap_bars, list(spec))
+    if drop_warmup:
         warm = frame["warmup"].astype(bool).to_numpy()
         first_ready = int(np.argmin(warm)) if not warm.all() else len(warm)
         if first_ready:
@@ -145,7 +163,9 @@ def load_features_from_db(
     return frame
 
 
-def _regularise(frame: pd.DataFrame, timeframe: str, max_gap_bars: int) -> pd.DataFrame:
+def _regularise(
+    frame: pd.DataFrame, timeframe: str, max_gap_bars: int, indicator_columns: Sequence[str]
+) -> pd.DataFrame:
     step = timeframe_to_timedelta(timeframe)
     grid = pd.date_range(frame.index[0], frame.index[-1], freq=timeframe_to_freq(timeframe))
     grid.name = "open_time"
@@ -172,7 +192,7 @@ def _regularise(frame: pd.DataFrame, timeframe: str, max_gap_bars: int) -> pd.Da
     for c in VOLUME_COLUMNS:
         if c in out.columns and out[c].notna().any():  # all-NaN: the file never had it
             out.loc[missing, c] = 0.0
-    features = [c for c in out.columns if c in FEATURE_COLUMNS]
+    features = [c for c in out.columns if c in indicator_columns]
     out[features] = out[features].ffill()
     if "warmup" in out.columns:
         out["warmup"] = out["warmup"].astype("boolean").ffill().astype(bool)

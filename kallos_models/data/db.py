@@ -15,7 +15,6 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine, make_url
 
-from kallos_models.data.features import FEATURE_COLUMNS
 from kallos_models.errors import ConfigError, DatabaseError
 
 logger = logging.getLogger(__name__)
@@ -29,8 +28,12 @@ KLINE_COLUMNS = (
     "taker_buy_base_asset_volume",
     "taker_buy_quote_asset_volume",
 )
-#: Columns that come from the input file (everything else is computed).
+#: The candle columns: all the market table holds besides the key. Indicators are computed
+#: when a window is loaded (:mod:`kallos_models.data.features`), never stored.
 RAW_COLUMNS = PRICE_COLUMNS + KLINE_COLUMNS
+#: The NOT NULL flag of the first round's schema, which stored indicators in the table; it
+#: is dropped on first contact (:func:`create_db_engine`) so candles can be written again.
+LEGACY_NOT_NULL_COLUMN = "warmup"
 
 metadata = sa.MetaData()
 
@@ -43,9 +46,6 @@ market_table = sa.Table(
     sa.Column("open_time", sa.DateTime(timezone=False), primary_key=True),
     *[sa.Column(c, sa.Float, nullable=False) for c in PRICE_COLUMNS],
     *[sa.Column(c, sa.Float, nullable=True) for c in KLINE_COLUMNS],
-    *[sa.Column(c, sa.Float, nullable=True) for c in FEATURE_COLUMNS],
-    # True where at least one indicator is still in its warm-up (undefined, stored as NULL).
-    sa.Column("warmup", sa.Boolean, nullable=False, default=False),
 )
 
 
@@ -210,6 +210,7 @@ def create_db_engine(db: str | URL | Mapping[str, Any], *, create_tables: bool =
             conn.execute(sa.select(sa.literal(1)))
         if create_tables:
             metadata.create_all(engine, checkfirst=True)
+            _drop_legacy_flag(engine)
     except sa.exc.OperationalError as exc:
         raise DatabaseError(
             f"cannot connect to database {mask_url(url)}: {_detail(exc, url)}; check --db-url "
@@ -221,6 +222,49 @@ def create_db_engine(db: str | URL | Mapping[str, Any], *, create_tables: bool =
             "use a role that may create tables there"
         ) from None
     return engine
+
+
+def _drop_legacy_flag(engine: Engine) -> None:
+    """Make a first-round market table writable: drop its NOT NULL ``warmup`` column.
+
+    That schema stored indicator columns (kept, and ignored: nothing reads them) and a NOT
+    NULL ``warmup`` flag that candle-only inserts cannot fill. Dropping it is the one-line
+    migration ``ALTER TABLE market_data DROP COLUMN warmup``, run here once; no candle is
+    touched.
+    """
+    columns = {c["name"] for c in sa.inspect(engine).get_columns(MARKET_TABLE)}
+    if LEGACY_NOT_NULL_COLUMN not in columns:
+        return
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                sa.text(f"ALTER TABLE {MARKET_TABLE} DROP COLUMN {LEGACY_NOT_NULL_COLUMN}")
+            )
+    except sa.exc.DBAPIError:
+        columns = {c["name"] for c in sa.inspect(engine).get_columns(MARKET_TABLE)}
+        if LEGACY_NOT_NULL_COLUMN in columns:
+            raise  # not a race with another process doing the same: a real refusal
+        return
+    logger.warning(
+        "%s held stored indicators (kallos-models 0.1): dropped its %s column; indicators are "
+        "now computed when data is loaded and the old indicator columns are ignored",
+        MARKET_TABLE,
+        LEGACY_NOT_NULL_COLUMN,
+    )
+
+
+def count_rows(conn: Connection | Engine, asset_id: str, timeframe: str) -> int:
+    """Rows stored for one asset and timeframe."""
+    t = market_table
+    query = (
+        sa.select(sa.func.count())
+        .select_from(t)
+        .where(t.c.asset_id == asset_id, t.c.timeframe == timeframe)
+    )
+    if isinstance(conn, Engine):
+        with conn.connect() as c:
+            return int(c.execute(query).scalar_one())
+    return int(conn.execute(query).scalar_one())
 
 
 def _detail(exc: sa.exc.DBAPIError, url: URL) -> str:
@@ -295,7 +339,7 @@ def read_market_frame(
     frame["open_time"] = pd.to_datetime(frame["open_time"])
     frame = frame.set_index("open_time")
     for c in frame.columns:
-        if c not in ("asset_id", "timeframe", "warmup"):
+        if c not in ("asset_id", "timeframe"):
             frame[c] = pd.to_numeric(frame[c], errors="coerce").astype("float64")
     return frame
 

@@ -1,8 +1,9 @@
 """Load exchange candles from files into the market table, validated, idempotently.
 
 Flow: read the file (CSV, optionally zipped, or Parquet) -> recognise its format -> parse open
-times -> validate every row -> merge with the rows already stored -> recompute the indicator
-features over the merged series -> upsert the rows that changed, all in one transaction.
+times -> validate every row -> compare with the rows already stored over the file's range ->
+upsert the rows that are new or changed, all in one transaction. The market table holds
+candles only: indicators are computed when a window is loaded (:mod:`kallos_models.data.features`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,6 @@ from sqlalchemy.engine import Engine
 
 from kallos_models.config import timeframe_to_timedelta
 from kallos_models.data import db
-from kallos_models.data.features import FEATURE_COLUMNS, compute_features
 from kallos_models.errors import DataError
 
 logger = logging.getLogger(__name__)
@@ -426,25 +426,23 @@ def ingest_frame(
     valid = valid[raw_cols]
 
     with engine.begin() as conn:
-        stored = db.read_market_frame(conn, asset_id, timeframe)
-        stored = stored.drop(columns=["asset_id", "timeframe"], errors="ignore")
+        # only the stored rows the file overlaps: the rest of the history is not read
+        stored = db.read_market_frame(
+            conn,
+            asset_id,
+            timeframe,
+            columns=raw_cols,
+            start=valid.index.min(),
+            end=valid.index.max(),
+        )
         known = valid.index.intersection(stored.index)
         changed_raw = _rows_differ(valid.loc[known], stored.loc[known], raw_cols)
         inserted = int(len(valid) - len(known))
         updated = int(changed_raw.sum())
-        merged = pd.concat([stored[raw_cols].drop(index=known), valid]).sort_index()
-        feats = compute_features(merged)
-        full = pd.concat([merged, feats], axis=1)
-        # Write only rows whose stored values (raw or features) change.
-        write = pd.Series(True, index=full.index)
-        old = stored.index.intersection(full.index)
-        if len(old):
-            cols = raw_cols + list(FEATURE_COLUMNS)
-            diff = _rows_differ(full.loc[old], stored.loc[old], cols)
-            diff |= full.loc[old, "warmup"].astype(bool) != stored.loc[old, "warmup"].astype(bool)
-            write.loc[old] = diff
-        to_write = full[write]
-        rows = _records(to_write, asset_id, timeframe)
+        # write only new rows and rows whose candle values change
+        write = pd.Series(True, index=valid.index)
+        write.loc[known] = changed_raw.to_numpy()
+        rows = _records(valid[write.to_numpy()], asset_id, timeframe)
         done = 0
 
         def tick(n: int) -> None:
@@ -454,7 +452,7 @@ def ingest_frame(
                 progress(done, len(rows))
 
         db.upsert_rows(conn, rows, progress=tick)
-        rows_in_db = len(full)
+        rows_in_db = db.count_rows(conn, asset_id, timeframe)
 
     gaps = find_gaps(pd.DatetimeIndex(valid.index), timeframe)
     warnings = []
@@ -494,18 +492,14 @@ def ingest_frame(
 
 def _records(frame: pd.DataFrame, asset_id: str, timeframe: str) -> list[dict[str, Any]]:
     """Rows as dicts for the upsert; NaN becomes NULL."""
-    values = frame.drop(columns="warmup").astype("float64")
+    values = frame.astype("float64")
     values = values.astype(object).where(values.notna(), None)
-    out = []
-    warm = frame["warmup"].astype(bool).to_numpy()
     cols = list(values.columns)
-    for ts, row, w in zip(
-        values.index, values.itertuples(index=False, name=None), warm, strict=True
-    ):
+    out = []
+    for ts, row in zip(values.index, values.itertuples(index=False, name=None), strict=True):
         rec = dict(zip(cols, row, strict=True))
         rec["asset_id"] = asset_id
         rec["timeframe"] = timeframe
         rec["open_time"] = ts.to_pydatetime()
-        rec["warmup"] = bool(w)
         out.append(rec)
     return out

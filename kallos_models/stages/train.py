@@ -18,6 +18,7 @@ from typing import Any
 
 from kallos_models.config import Settings
 from kallos_models.data import datasets
+from kallos_models.data.features import resolve_indicators
 from kallos_models.errors import ConfigError, DataError
 from kallos_models.modelling import bundles, fitting, series, zoo
 from kallos_models.modelling.bundles import BundlePaths
@@ -265,6 +266,7 @@ def train_model(
     database: Any = settings.db_url or settings.db_kwargs
     if not database:
         raise ConfigError("no database: set --db-url (db_url) or db_kwargs")
+    indicators = resolve_indicators(settings.indicators)  # a bad entry fails before any data
     frame = datasets.load_features_from_db(
         settings.asset_id,
         settings.train_end_date,
@@ -272,6 +274,7 @@ def train_model(
         start_date=settings.start_date,
         timeframe=settings.timeframe,
         max_gap_bars=settings.max_gap_bars,
+        indicators=indicators,
     )
     needed = input_chunk_length + output_chunk_length + 1
     if len(frame) < needed:
@@ -308,6 +311,12 @@ def train_model(
         "output_chunk_length": output_chunk_length,
         "feature_groups": {g: list(c) for g, c in preprocessor.feature_groups.items()},
         "feature_columns": list(preprocessor.feature_columns),
+        # the indicator columns the model's features need, as computed at load
+        "indicators": {
+            name: entry
+            for name, entry in indicators.items()
+            if name in preprocessor.feature_columns
+        },
         "target_col": preprocessor.target_col,
         "target_transform": preprocessor.target_transform,
         "group_scalers": dict(preprocessor.group_scalers),

@@ -94,6 +94,20 @@ def _manifest_value(manifest: Mapping[str, Any], key: str, bundle: str) -> Any:
     return manifest[key]
 
 
+def _bundle_indicators(manifest: Mapping[str, Any], columns: list[str]) -> dict[str, Any]:
+    """The indicator spec the bundle was trained with, for the columns it needs.
+
+    Bundles from before indicators became data carry none: their columns are the default
+    spec's, which reproduces what was stored then.
+    """
+    from kallos_models.data.features import DEFAULT_INDICATORS
+
+    recorded = manifest.get("indicators")
+    if recorded is None:
+        return {c: DEFAULT_INDICATORS[c] for c in columns if c in DEFAULT_INDICATORS}
+    return dict(recorded)
+
+
 def _backtest_config(settings: Settings) -> BacktestConfig:
     """The backtest rules from ``backtest_mode``, ``backtest_threshold`` and ``fee_bps``."""
     return BacktestConfig(
@@ -237,6 +251,7 @@ def evaluate_model(
         columns=columns,
         max_gap_bars=settings.max_gap_bars,
         drop_warmup=True,
+        indicators=_bundle_indicators(manifest, columns),
     )
     pos = int(frame.index.searchsorted(start_ts, side="left"))
     if pos >= len(frame):

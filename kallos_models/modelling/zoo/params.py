@@ -1,0 +1,321 @@
+"""Parameter validation, model construction and the zoo described as plain data.
+
+:func:`validate_params` merges a spec's defaults, the caller's parameters and the fixed kwargs
+into Darts constructor kwargs and checks them; :func:`create_model` builds the Darts model.
+Darts and torch are imported only inside the functions that build or inspect a model.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import logging
+import math
+import numbers
+from collections.abc import Mapping
+from functools import cache
+from typing import TYPE_CHECKING, Any
+
+from kallos_models.errors import ModelError
+from kallos_models.modelling.zoo.space import SearchSpace, bars_per_day, lookback_range
+from kallos_models.modelling.zoo.specs import (
+    COMMON_FIXED_KWARGS,
+    DEFAULT_TRAINER_KWARGS,
+    MODEL_ZOO,
+    ModelSpec,
+    get_spec,
+    model_names,
+)
+
+if TYPE_CHECKING:
+    from darts.models.forecasting.torch_forecasting_model import TorchForecastingModel
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["create_model", "list_models", "max_input_chunk_length", "validate_params"]
+
+# --------------------------------------------------------------------------------------------
+# Parameter validation and model construction
+# --------------------------------------------------------------------------------------------
+
+# Set by create_model's own arguments or by Darts internally; never a user parameter.
+_INTERNAL_PARAMS = frozenset({"self", "args", "kwargs", "train_sample_shape"})
+_POSITIVE_INT_PARAMS = ("input_chunk_length", "output_chunk_length", "batch_size", "n_epochs")
+
+
+def _import_darts_class(darts_class: str) -> Any:
+    module_name, _, class_name = darts_class.rpartition(".")
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+@cache
+def _accepted_params(darts_class: str) -> frozenset[str]:
+    """Keyword names the Darts class accepts, found the way Darts itself validates them.
+
+    The ``__init__`` of the class and of every base class, plus the ``PLForecastingModule``
+    kwargs (``optimizer_kwargs``, ``loss_fn``, ``likelihood``, ...), plus ``learning_rate``.
+    """
+    from darts.models.forecasting.pl_forecasting_module import PLForecastingModule
+
+    names = set(inspect.signature(PLForecastingModule.__init__).parameters)
+    for base in inspect.getmro(_import_darts_class(darts_class)):
+        if base is object:
+            break
+        names.update(inspect.signature(base.__init__).parameters)  # type: ignore[misc]
+    return frozenset((names - _INTERNAL_PARAMS) | {"learning_rate"})
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
+
+
+def _check_values(spec: ModelSpec, kwargs: Mapping[str, Any]) -> None:
+    prefix = f"model {spec.name!r}:"
+    for name in _POSITIVE_INT_PARAMS:
+        if name in kwargs and not (_is_int(kwargs[name]) and int(kwargs[name]) >= 1):
+            raise ModelError(f"{prefix} {name} must be an integer >= 1, got {kwargs[name]!r}")
+    optimizer_kwargs = kwargs.get("optimizer_kwargs") or {}
+    if not isinstance(optimizer_kwargs, Mapping):
+        raise ModelError(f"{prefix} optimizer_kwargs must be a mapping, got {optimizer_kwargs!r}")
+    lr = optimizer_kwargs.get("lr")
+    if lr is not None and not (_is_number(lr) and 0 < float(lr) < math.inf):
+        raise ModelError(f"{prefix} learning_rate must be a number > 0, got {lr!r}")
+    dropout = kwargs.get("dropout")
+    if dropout is not None and not (_is_number(dropout) and 0 <= float(dropout) < 1):
+        raise ModelError(f"{prefix} dropout must be a number in [0, 1), got {dropout!r}")
+    for constraint in spec.constraints:
+        if constraint.violated(kwargs):
+            raise ModelError(
+                f"{prefix} parameters must satisfy {constraint.describe()}; got "
+                f"{constraint.left}={kwargs[constraint.left]!r}, "
+                f"{constraint.right}={kwargs[constraint.right]!r}"
+            )
+
+
+def _apply_fixed(merged: dict[str, Any], fixed: Mapping[str, Any], model_name: str) -> None:
+    for name, value in fixed.items():
+        if name in merged and merged[name] != value:
+            logger.warning(
+                "model %r: parameter %s=%r is replaced by the fixed value %r",
+                model_name,
+                name,
+                merged[name],
+                value,
+            )
+        merged[name] = value
+
+
+def validate_params(
+    model_name: str,
+    params: Mapping[str, Any],
+    *,
+    trainer_kwargs: Mapping[str, Any] | None = None,
+    random_state: int | None = None,
+    n_epochs: int | None = None,
+) -> dict[str, Any]:
+    """Check ``params`` for ``model_name`` and return the full Darts constructor kwargs.
+
+    Merge order, later wins: the spec's defaults, ``params``, the ``n_epochs`` and
+    ``random_state`` arguments (when not None), the spec's fixed kwargs,
+    :data:`COMMON_FIXED_KWARGS`, and ``pl_trainer_kwargs`` built from
+    :data:`DEFAULT_TRAINER_KWARGS` with ``trainer_kwargs`` merged over them. A user value
+    that a fixed value replaces is logged as a warning. ``learning_rate`` becomes
+    ``optimizer_kwargs["lr"]`` (merged into any ``optimizer_kwargs`` given); when ``params``
+    already carries ``optimizer_kwargs["lr"]`` and no ``learning_rate``, the default
+    ``learning_rate`` is not applied, so the returned kwargs validate again unchanged.
+
+    Parameters
+    ----------
+    model_name : str
+        Model name, see :func:`model_names`.
+    params : Mapping[str, Any]
+        Darts constructor names plus ``learning_rate`` and ``n_epochs``.
+    trainer_kwargs : Mapping[str, Any] or None, default None
+        Lightning trainer kwargs (``callbacks``, ``accelerator``, ``devices``, ``precision``,
+        ...) merged over :data:`DEFAULT_TRAINER_KWARGS`.
+    random_state : int or None, default None
+        Seed passed to Darts; overrides ``params["random_state"]`` when not None.
+    n_epochs : int or None, default None
+        Overrides ``params["n_epochs"]`` when not None.
+
+    Returns
+    -------
+    dict
+        Keyword arguments for the Darts class.
+
+    Raises
+    ------
+    ModelError
+        Unknown model; a parameter the Darts class does not take (the message names it and
+        lists the valid ones); ``input_chunk_length``, ``output_chunk_length``,
+        ``batch_size`` or ``n_epochs`` not an integer >= 1; ``learning_rate`` not > 0;
+        ``dropout`` outside [0, 1); a violated
+        :class:`~kallos_models.modelling.zoo.space.Constraint` of the model.
+    """
+    spec = get_spec(model_name)
+    if not isinstance(params, Mapping):
+        raise ModelError(f"model {model_name!r}: params must be a mapping, got {type(params)}")
+    accepted = _accepted_params(spec.darts_class)
+    unknown = sorted(str(name) for name in params if name not in accepted)
+    if unknown:
+        names = ", ".join(repr(name) for name in unknown)
+        verb = "is" if len(unknown) == 1 else "are"
+        noun = "parameter" if len(unknown) == 1 else "parameters"
+        raise ModelError(
+            f"{noun} {names} {verb} not accepted by model {model_name!r} "
+            f"(darts {spec.darts_class_name}); valid parameters: {', '.join(sorted(accepted))}"
+        )
+
+    merged: dict[str, Any] = dict(spec.defaults)
+    user_optimizer_kwargs = params.get("optimizer_kwargs") or {}
+    if "learning_rate" not in params and "lr" in user_optimizer_kwargs:
+        merged.pop("learning_rate", None)
+    merged.update(params)
+    if n_epochs is not None:
+        merged["n_epochs"] = n_epochs
+    if random_state is not None:
+        merged["random_state"] = random_state
+    if "learning_rate" in merged:
+        learning_rate = merged.pop("learning_rate")
+        merged["optimizer_kwargs"] = {**(merged.get("optimizer_kwargs") or {}), "lr": learning_rate}
+    _apply_fixed(merged, spec.fixed_kwargs, model_name)
+    _apply_fixed(merged, COMMON_FIXED_KWARGS, model_name)
+    merged["pl_trainer_kwargs"] = {**DEFAULT_TRAINER_KWARGS, **(trainer_kwargs or {})}
+    _check_values(spec, merged)
+    return merged
+
+
+def create_model(
+    model_name: str,
+    params: Mapping[str, Any],
+    *,
+    trainer_kwargs: Mapping[str, Any] | None = None,
+    random_state: int | None = None,
+    n_epochs: int | None = None,
+) -> TorchForecastingModel:
+    """Build an untrained Darts model from the model zoo.
+
+    Parameters
+    ----------
+    model_name : str
+        Model name, see :func:`model_names`.
+    params : Mapping[str, Any]
+        Hyperparameters (Darts constructor names plus ``learning_rate`` and ``n_epochs``);
+        missing ones come from the spec's defaults.
+    trainer_kwargs : Mapping[str, Any] or None, default None
+        Lightning trainer kwargs merged over :data:`DEFAULT_TRAINER_KWARGS`
+        (``callbacks``, ``accelerator``, ``devices``, ``precision`` pass through).
+    random_state : int or None, default None
+        Seed for Darts; overrides ``params["random_state"]`` when not None.
+    n_epochs : int or None, default None
+        Overrides ``params["n_epochs"]`` when not None.
+
+    Returns
+    -------
+    darts.models.forecasting.torch_forecasting_model.TorchForecastingModel
+
+    Raises
+    ------
+    ModelError
+        Everything :func:`validate_params` raises, and a ``ValueError`` raised by the Darts
+        constructor (re-raised as ``ModelError`` naming the model).
+    """
+    spec = get_spec(model_name)
+    kwargs = validate_params(
+        model_name,
+        params,
+        trainer_kwargs=trainer_kwargs,
+        random_state=random_state,
+        n_epochs=n_epochs,
+    )
+    darts_cls = _import_darts_class(spec.darts_class)
+    try:
+        return darts_cls(**kwargs)
+    except ValueError as exc:
+        raise ModelError(
+            f"model {model_name!r} (darts {spec.darts_class_name}) rejected its parameters: {exc}"
+        ) from exc
+
+
+# --------------------------------------------------------------------------------------------
+# Describing the model zoo
+# --------------------------------------------------------------------------------------------
+
+
+def _describe_space(spec: ModelSpec, timeframe: str) -> dict[str, str]:
+    if isinstance(spec.search_space, SearchSpace):
+        return spec.search_space.describe(timeframe)
+    return {}
+
+
+def list_models(timeframe: str = "1d") -> list[dict[str, Any]]:
+    """Every model of the zoo as plain data (for ``kallos-run models --json``).
+
+    Parameters
+    ----------
+    timeframe : str, default "1d"
+        Timeframe used to resolve the lookback range in ``tunable``.
+
+    Returns
+    -------
+    list of dict
+        Sorted by name; each with ``name``, ``darts_class``, ``description``,
+        ``fixed_kwargs`` (model-specific only), ``defaults``, ``tunable``
+        (``{param: "int 1..4" | "float 1e-05..0.01 log" | "choice [32, 64, 128]"}``;
+        empty for a search space that is not a :class:`SearchSpace`) and ``constraints``
+        (e.g. ``["kernel_size < input_chunk_length"]``).
+
+    Raises
+    ------
+    ConfigError
+        If ``timeframe`` is not understood.
+    """
+    bars_per_day(timeframe)
+    return [
+        {
+            "name": spec.name,
+            "darts_class": spec.darts_class,
+            "description": spec.description,
+            "fixed_kwargs": dict(spec.fixed_kwargs),
+            "defaults": dict(spec.defaults),
+            "tunable": _describe_space(spec, timeframe),
+            "constraints": [constraint.describe() for constraint in spec.constraints],
+        }
+        for spec in (MODEL_ZOO[name] for name in model_names())
+    ]
+
+
+def max_input_chunk_length(model_name: str, timeframe: str) -> int:
+    """Largest ``input_chunk_length`` the model's search space can sample on ``timeframe``.
+
+    Used to size walk-forward folds. For a search space that is not a :class:`SearchSpace`,
+    or one without ``input_chunk_length``, the upper bound of :func:`lookback_range`.
+
+    Parameters
+    ----------
+    model_name : str
+        Model name, see :func:`model_names`.
+    timeframe : str
+        Bar length, see :func:`bars_per_day`.
+
+    Returns
+    -------
+    int
+
+    Raises
+    ------
+    ModelError
+        Unknown model.
+    ConfigError
+        Timeframe not understood.
+    """
+    spec = get_spec(model_name)
+    upper = lookback_range(timeframe)[1]
+    space = spec.search_space
+    if isinstance(space, SearchSpace) and "input_chunk_length" in space.params:
+        upper = int(space.params["input_chunk_length"].bounds(timeframe)[1])
+    return upper
