@@ -1,6 +1,7 @@
 """The training job written directly against Darts: the baseline for bench/train_vs_darts.py.
 
-Same database rows, columns, preprocessing idea, hyperparameters and epochs as
+Same database rows, columns (indicators computed with TA-Lib from the stored candles, as
+kallos does when it loads a window), preprocessing idea, hyperparameters and epochs as
 `kallos-run train`, with none of kallos' checks, manifest or atomic writes.
 
     python bench/direct_darts_train.py DB_PATH PARAMS_JSON OUT_PATH
@@ -14,6 +15,7 @@ import sys
 
 import numpy as np
 import pandas as pd
+import talib
 from darts import TimeSeries
 from darts.models import BlockRNNModel
 from sklearn.pipeline import make_pipeline
@@ -23,14 +25,18 @@ db_path, params_path, out_path = sys.argv[1:4]
 params = json.loads(open(params_path).read())
 with sqlite3.connect(db_path) as conn:
     frame = pd.read_sql_query(
-        "SELECT open_time, close, volume, taker_buy_base_asset_volume, rsi, mfi, macd_diff, "
-        "warmup FROM market_data WHERE asset_id = ? AND timeframe = ? AND open_time <= ? "
+        "SELECT open_time, high, low, close, volume, taker_buy_base_asset_volume "
+        "FROM market_data WHERE asset_id = ? AND timeframe = ? AND open_time <= ? "
         "ORDER BY open_time",
         conn,
         params=("BTC", "1d", "2024-06-30 00:00:00"),
         parse_dates=["open_time"],
     )
-frame = frame[~frame["warmup"].astype(bool)].set_index("open_time").asfreq("1D")
+h, lo, c, v = (frame[k].to_numpy(dtype="float64") for k in ("high", "low", "close", "volume"))
+frame["rsi"] = talib.RSI(c, timeperiod=14)
+frame["mfi"] = talib.MFI(h, lo, c, v, timeperiod=14)
+frame["macd_diff"] = talib.MACD(c, fastperiod=12, slowperiod=26, signalperiod=9)[2]
+frame = frame.dropna(subset=["rsi", "mfi", "macd_diff"]).set_index("open_time").asfreq("1D")
 groups = {
     "volume": (
         ["volume", "taker_buy_base_asset_volume"],
