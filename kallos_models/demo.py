@@ -11,7 +11,7 @@ import pandas as pd
 
 from kallos_models.config import Settings, resolve_settings, timeframe_to_timedelta
 from kallos_models.data import db
-from kallos_models.errors import DataError
+from kallos_models.errors import DataError, ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ def run_demo(
     work = Path(workdir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     synthetic_data = data_file is None
-    if synthetic_data:
+    if data_file is None:
         asset = asset_id or synthetic.SYNTHETIC_ASSET_ID
         path = synthetic.write_market_csv(
             synthetic.generate_market(timeframe=timeframe, seed=seed),
@@ -134,6 +134,8 @@ def run_demo(
     )
     logger.info("step 2/4: tune %d trials up to %s", n_trials, dates["tune_end_date"])
     tuned = pipeline.tune(settings.replace(output_path=str(work)), show_progress=show_progress)
+    if tuned.params_path is None:  # tune raises when no trial completed; a timeout may not
+        raise ModelError("the demo's tuning completed no trial; run it again with more trials")
     logger.info("step 3/4: train up to %s", dates["train_end_date"])
     trained = pipeline.train(
         settings.replace(output_path=str(work / "trained_models")),

@@ -492,7 +492,11 @@ def test_evaluate_model_refuses_bad_backtest_settings_before_loading(tmp_path):
     from kallos_models.stages.evaluate import evaluate_model
 
     settings = Settings(
-        asset_id="BTC", test_start_date="2024-07-01", test_end_date="2024-08-01", fee_bps=-1
+        asset_id="BTC",
+        test_start_date="2024-07-01",
+        test_end_date="2024-08-01",
+        fee_bps=-1,
+        db_url=f"sqlite:///{tmp_path / 'never-created.db'}",
     )
     with pytest.raises(ConfigError, match="fee_bps"):
         evaluate_model(settings, model_path=tmp_path / "missing.pt")

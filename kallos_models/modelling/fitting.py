@@ -19,7 +19,7 @@ from kallos_models.errors import ConfigError, DataError
 from kallos_models.modelling import zoo as architectures
 
 if TYPE_CHECKING:
-    from kallos_models.data.datasets import PreparedSeries
+    from kallos_models.modelling.series import PreparedSeries
 
 logger = logging.getLogger(__name__)
 

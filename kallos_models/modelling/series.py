@@ -18,6 +18,7 @@ import pandas as pd
 from kallos_models.config import DEFAULT_FEATURE_GROUPS, Settings
 from kallos_models.errors import DataError
 from kallos_models.modelling.preprocessing import FeaturePreprocessor, resolve_feature_groups
+from kallos_models.stage_settings import FeatureSettings
 
 if TYPE_CHECKING:
     from darts import TimeSeries
@@ -199,18 +200,24 @@ def prepare_darts_timeseries(
 
 
 def prepare_from_settings(
-    settings: Settings, train_df: pd.DataFrame, val_df: pd.DataFrame | None = None
+    features: FeatureSettings | Settings,
+    train_df: pd.DataFrame,
+    val_df: pd.DataFrame | None = None,
 ) -> PreparedSeries:
-    """:func:`prepare_darts_timeseries` with the feature and target choices of ``settings``.
+    """:func:`prepare_darts_timeseries` with the feature and target choices of a stage.
 
-    The one place where the tuner (per fold) and the trainer turn settings into series.
+    The one place where the tuner (per fold) and the trainer turn their settings into series.
+    ``features`` is a stage's :class:`~kallos_models.stage_settings.FeatureSettings` (resolved
+    :class:`~kallos_models.config.Settings` are accepted too).
     """
+    if isinstance(features, Settings):
+        features = FeatureSettings.from_settings(features)
     return prepare_darts_timeseries(
         train_df,
         val_df,
-        feature_groups=settings.feature_groups,
-        target_col=settings.target_col,
-        target_transform=settings.target_transform,
-        group_scalers=settings.group_scalers or None,
-        optional_features=tuple(settings.optional_features),
+        feature_groups=features.feature_groups,
+        target_col=features.target_col,
+        target_transform=features.target_transform,
+        group_scalers=features.group_scalers or None,
+        optional_features=tuple(features.optional_features),
     )

@@ -22,13 +22,14 @@ from kallos_models.data.features import resolve_indicators
 from kallos_models.errors import ConfigError, DataError
 from kallos_models.modelling import bundles, fitting, series, zoo
 from kallos_models.modelling.bundles import BundlePaths
+from kallos_models.stage_settings import DEFAULT_OUTPUT_DIRS, TrainSettings, train_settings
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_OUTPUT_PATH", "TrainResult", "read_params_file", "train_model"]
 
-#: Where bundles go when ``output_path`` is not set.
-DEFAULT_OUTPUT_PATH = "./trained_models"
+#: Where bundles go when ``output_path`` is not set (``stage_settings.DEFAULT_OUTPUT_DIRS``).
+DEFAULT_OUTPUT_PATH = f"./{DEFAULT_OUTPUT_DIRS['train']}"
 
 
 def _check_n_epochs(value: Any, path: Path) -> int:
@@ -192,26 +193,27 @@ def _trainer_facts(model: Any) -> dict[str, Any]:
 
 
 def train_model(
-    settings: Settings,
+    settings: Settings | TrainSettings,
     params: Mapping[str, Any] | str | Path,
     *,
     overwrite: bool = False,
     show_progress: bool = False,
 ) -> TrainResult:
-    """Train ``settings.model_name`` on all rows up to ``settings.train_end_date`` and save it.
+    """Train the model on all rows of the asset up to the end date and save its bundle.
 
     Parameters
     ----------
-    settings : Settings
-        Uses ``model_name``, ``asset_id``, ``timeframe``, ``train_end_date`` (required),
-        ``start_date``, ``db_url``/``db_kwargs``, ``output_path`` (None: ``./trained_models``),
-        ``seed``, ``max_epochs`` (a cap on ``n_epochs``), ``accelerator``, ``devices``,
-        ``precision``, ``max_gap_bars``, ``feature_groups``, ``optional_features``,
-        ``group_scalers``, ``target_col``, ``target_transform``. No default.
+    settings : TrainSettings or Settings
+        The stage's settings (:func:`kallos_models.stage_settings.train_settings` builds them
+        from resolved :class:`Settings`, which are accepted too): model, asset, timeframe,
+        database, ``start``/``end`` (the end is required), ``max_gap_bars``, the feature
+        choices (indicators, feature groups, target), the trainer choices (seed,
+        ``max_epochs`` as a cap on ``n_epochs``, accelerator, devices, precision) and
+        ``output_dir`` (default ``./trained_models``). No default.
     params : Mapping[str, Any] or str or Path
         Hyperparameters, or a JSON file read with :func:`read_params_file`. No default.
-        Epochs: ``min(n_epochs, settings.max_epochs)`` when the parameters carry
-        ``n_epochs``, else ``settings.max_epochs``.
+        Epochs: ``min(n_epochs, max_epochs)`` when the parameters carry ``n_epochs``, else
+        ``max_epochs``.
     overwrite : bool, default False
         Replace an existing bundle; without it an existing bundle is refused before any data
         is read.
@@ -225,7 +227,8 @@ def train_model(
     Raises
     ------
     ConfigError
-        No ``train_end_date`` or ``asset_id``; no database; a bad params file.
+        No end date or asset (:class:`~kallos_models.stage_settings.MissingSettingError`); a
+        bad params file or indicator spec.
     ModelError
         Unknown model, or a parameter the model does not accept (checked before the data is
         read).
@@ -236,67 +239,50 @@ def train_model(
     DatabaseError
         The database cannot be reached.
     """
-    if not settings.train_end_date:
-        raise ConfigError(
-            "missing --end-date: train needs the last date of its training data "
-            "(train_end_date in config.json, KALLOS_TRAIN_END_DATE in the environment)"
-        )
-    if not settings.asset_id:
-        raise ConfigError(
-            "missing --asset-id: name the asset to train on (asset_id in config.json, "
-            "KALLOS_ASSET_ID in the environment)"
-        )
-    model_name = settings.model_name
+    s = settings if isinstance(settings, TrainSettings) else train_settings(settings)
+    model_name = s.model_name
     spec = zoo.get_spec(model_name)
     values = _resolve_params(params)
-    n_epochs = fitting.resolve_n_epochs(values, settings.max_epochs, model_name)
+    n_epochs = fitting.resolve_n_epochs(values, s.trainer.max_epochs, model_name)
     used_params = _full_params(spec.defaults, values, n_epochs)
-    checked = zoo.validate_params(model_name, used_params, random_state=settings.seed)
+    checked = zoo.validate_params(model_name, used_params, random_state=s.trainer.seed)
     input_chunk_length = int(checked["input_chunk_length"])
     output_chunk_length = int(checked["output_chunk_length"])
 
-    paths = bundles.bundle_paths(
-        settings.output_path or DEFAULT_OUTPUT_PATH,
-        model_name,
-        settings.asset_id,
-        settings.timeframe,
-    )
+    paths = bundles.bundle_paths(s.output_dir, model_name, s.asset_id, s.timeframe)
     bundles.check_overwrite(paths, overwrite=overwrite)
 
-    database: Any = settings.db_url or settings.db_kwargs
-    if not database:
-        raise ConfigError("no database: set --db-url (db_url) or db_kwargs")
-    indicators = resolve_indicators(settings.indicators)  # a bad entry fails before any data
+    indicators = resolve_indicators(s.features.indicators)  # a bad entry fails before any data
     frame = datasets.load_features_from_db(
-        settings.asset_id,
-        settings.train_end_date,
-        database,
-        start_date=settings.start_date,
-        timeframe=settings.timeframe,
-        max_gap_bars=settings.max_gap_bars,
+        s.asset_id,
+        s.end,
+        s.database.url,
+        start_date=s.start,
+        timeframe=s.timeframe,
+        max_gap_bars=s.max_gap_bars,
         indicators=indicators,
     )
     needed = input_chunk_length + output_chunk_length + 1
     if len(frame) < needed:
         raise DataError(
-            f"asset {settings.asset_id!r} ({settings.timeframe}) has {len(frame)} usable rows up "
-            f"to {settings.train_end_date}, but training {model_name!r} needs at least {needed} "
+            f"asset {s.asset_id!r} ({s.timeframe}) has {len(frame)} usable rows up "
+            f"to {s.end}, but training {model_name!r} needs at least {needed} "
             f"(input_chunk_length {input_chunk_length} + output_chunk_length "
             f"{output_chunk_length} + 1); use an earlier --start-date, a later --end-date, or a "
             "smaller input_chunk_length"
         )
-    prepared = series.prepare_from_settings(settings, frame)
+    prepared = series.prepare_from_settings(s.features, frame)
     trainer_kwargs = fitting.build_trainer_kwargs(
-        accelerator=settings.accelerator,
-        devices=settings.devices,
-        precision=settings.precision,
+        accelerator=s.trainer.accelerator,
+        devices=s.trainer.devices,
+        precision=s.trainer.precision,
         show_progress=show_progress,
     )
     fit = fitting.fit_forecaster(
         model_name,
         used_params,
         prepared,
-        seed=settings.seed,
+        seed=s.trainer.seed,
         trainer_kwargs=trainer_kwargs,
     )
     preprocessor = prepared.preprocessor
@@ -304,8 +290,8 @@ def train_model(
     manifest: dict[str, Any] = {
         "model_name": model_name,
         "darts_class": spec.darts_class,
-        "asset_id": settings.asset_id,
-        "timeframe": settings.timeframe,
+        "asset_id": s.asset_id,
+        "timeframe": s.timeframe,
         "params": used_params,
         "input_chunk_length": input_chunk_length,
         "output_chunk_length": output_chunk_length,
@@ -325,20 +311,20 @@ def train_model(
         "train_end": frame.index[-1].isoformat(),
         "train_rows": len(frame),
         "filled_rows": int(frame["filled"].sum()) if "filled" in frame.columns else 0,
-        "start_date": settings.start_date,
-        "train_end_date": settings.train_end_date,
-        "seed": settings.seed,
+        "start_date": None if s.start is None else s.start.isoformat(),
+        "train_end_date": s.end.isoformat(),
+        "seed": s.trainer.seed,
         "accelerator": facts["accelerator"],
         "devices": facts["devices"],
         "precision": facts["precision"],
-        "requested_accelerator": settings.accelerator,
+        "requested_accelerator": s.trainer.accelerator,
         "epochs_run": fit.epochs_run,
         "training_seconds": round(fit.seconds, 3),
     }
     bundles.save_bundle(
         paths.model.parent,
         model_name,
-        settings.asset_id,
+        s.asset_id,
         fit.model,
         preprocessor,
         manifest,
@@ -348,7 +334,7 @@ def train_model(
     logger.info(
         "trained %s on %s: %d rows %s .. %s, %d epoch(s) in %.1fs; bundle %s",
         model_name,
-        settings.asset_id,
+        s.asset_id,
         len(frame),
         manifest["train_start"],
         manifest["train_end"],

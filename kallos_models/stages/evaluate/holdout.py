@@ -41,14 +41,15 @@ from kallos_models.modelling.forecasting import (
     rolling_forecasts,
 )
 from kallos_models.modelling.metrics import compute_metrics
+from kallos_models.stage_settings import DEFAULT_OUTPUT_DIRS, EvaluateSettings, evaluate_settings
 from kallos_models.stages.evaluate.plot import plot_evaluation
 
 logger = logging.getLogger(__name__)
 
 __all__ = ["DEFAULT_OUTPUT_PATH", "EvaluationResult", "evaluate_model"]
 
-#: Where :func:`evaluate_model` writes when ``settings.output_path`` is None.
-DEFAULT_OUTPUT_PATH = "./evaluation_results"
+#: Where :func:`evaluate_model` writes when ``output_path`` is not set.
+DEFAULT_OUTPUT_PATH = f"./{DEFAULT_OUTPUT_DIRS['evaluate']}"
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,17 +109,8 @@ def _bundle_indicators(manifest: Mapping[str, Any], columns: list[str]) -> dict[
     return dict(recorded)
 
 
-def _backtest_config(settings: Settings) -> BacktestConfig:
-    """The backtest rules from ``backtest_mode``, ``backtest_threshold`` and ``fee_bps``."""
-    return BacktestConfig(
-        mode=settings.backtest_mode,
-        threshold=float(settings.backtest_threshold),
-        fee_bps=float(settings.fee_bps),
-    )
-
-
 def evaluate_model(
-    settings: Settings,
+    settings: Settings | EvaluateSettings,
     *,
     model_path: str | Path,
     scaler_path: str | Path | None = None,
@@ -140,16 +132,18 @@ def evaluate_model(
     Parameters
     ----------
     settings
-        ``asset_id``, ``model_name``, ``test_start_date`` and ``test_end_date`` (both
-        required), ``db_url``/``db_kwargs``, ``max_gap_bars``, ``horizon``, ``output_path``
-        (default None writes to ``./evaluation_results``), and ``backtest_mode``,
-        ``backtest_threshold`` and ``fee_bps`` for the backtest.
+        The stage's settings (:func:`kallos_models.stage_settings.evaluate_settings` builds
+        them from resolved :class:`Settings`, which are accepted too): asset and model name
+        (both checked against the bundle), the hold-out window (required), database,
+        ``max_gap_bars``, ``horizon``, ``output_dir`` (default ``./evaluation_results``) and
+        the backtest rules (mode, threshold, fee in bps). The timeframe, indicators and
+        features are the bundle's.
     model_path
         The bundle's model file (``{stem}.pt``), a local path.
     scaler_path
         The bundle's scaler file; default None takes it from the manifest beside the model.
     horizon
-        Forecast step scored, in bars; default None uses ``settings.horizon``.
+        Forecast step scored, in bars; default None uses the settings' ``horizon``.
     source
         What the metrics record calls the model (its ``model_path`` key); default None uses
         ``model_path`` (the pipeline passes the ``models:/`` URI it resolved).
@@ -187,43 +181,29 @@ def evaluate_model(
         )
     source = str(Path(model_path)) if source is None else source
 
-    start_ts = parse_date(settings.test_start_date, "test_start_date")
-    end_ts = parse_date(settings.test_end_date, "test_end_date")
-    if start_ts is None or end_ts is None:
-        raise ConfigError(
-            "evaluation needs a hold-out window: set --test-start-date and --test-end-date "
-            "(or test_start_date / test_end_date in config.json), e.g. 2024-07-01 and 2025-06-30"
-        )
-    if start_ts > end_ts:
-        raise ConfigError(
-            f"test window is reversed: --test-start-date {start_ts.date()} is after "
-            f"--test-end-date {end_ts.date()}; swap them"
-        )
-    if not settings.asset_id:
-        raise ConfigError("evaluation needs an asset: pass --asset-id, e.g. --asset-id BTC")
-    backtest_config = _backtest_config(settings)
+    s = settings if isinstance(settings, EvaluateSettings) else evaluate_settings(settings)
+    start_ts, end_ts = s.test_start, s.test_end
+    backtest_config = BacktestConfig(
+        mode=s.backtest_mode, threshold=s.backtest_threshold, fee_bps=s.fee_bps
+    )
 
     bundle = bundles.load_bundle(model_path, scaler_path)
     manifest = bundle.manifest
     where = str(bundle.paths.manifest)
     bundle_model = _manifest_value(manifest, "model_name", where)
-    if settings.model_name != bundle_model:
+    if s.model_name != bundle_model:
         raise ConfigError(
-            f"model_name is {settings.model_name!r} but the bundle {Path(model_path).name} holds "
+            f"model_name is {s.model_name!r} but the bundle {Path(model_path).name} holds "
             f"a {bundle_model!r} model; pass --model-name {bundle_model} or the bundle of a "
-            f"{settings.model_name!r} model"
+            f"{s.model_name!r} model"
         )
     bundle_asset = _manifest_value(manifest, "asset_id", where)
-    if str(settings.asset_id) != str(bundle_asset):
+    if str(s.asset_id) != str(bundle_asset):
         raise ConfigError(
-            f"asset_id is {settings.asset_id!r} but the bundle was trained on {bundle_asset!r}; "
-            f"pass --asset-id {bundle_asset} or the bundle of a {settings.asset_id!r} model"
+            f"asset_id is {s.asset_id!r} but the bundle was trained on {bundle_asset!r}; "
+            f"pass --asset-id {bundle_asset} or the bundle of a {s.asset_id!r} model"
         )
-    timeframe = str(_manifest_value(manifest, "timeframe", where))
-    if settings.timeframe != timeframe:
-        logger.info(
-            "using the bundle's timeframe %s (settings say %s)", timeframe, settings.timeframe
-        )
+    timeframe = str(_manifest_value(manifest, "timeframe", where))  # the bundle's, always
     train_end = parse_date(_manifest_value(manifest, "train_end", where), "train_end")
     if train_end is not None and start_ts <= train_end:
         raise DataError(
@@ -234,36 +214,33 @@ def evaluate_model(
     model = bundle.model
     preprocessor = bundle.preprocessor
     icl, ocl = model_chunk_lengths(model)
-    steps = check_horizon(settings.horizon if horizon is None else horizon, ocl)
+    steps = check_horizon(s.horizon if horizon is None else horizon, ocl)
     needed = lookback_bars(icl, steps, preprocessor.target_transform)
     bar = timeframe_to_timedelta(timeframe)
 
-    db_source = settings.db_url or settings.db_kwargs
-    if not db_source:
-        raise ConfigError("no database: pass --db-url or set db_kwargs in config.json")
     columns = list(dict.fromkeys([preprocessor.target_col, *preprocessor.feature_columns]))
     frame = datasets.load_features_from_db(
-        str(settings.asset_id),
+        str(s.asset_id),
         end_ts,
-        db_source,
+        s.database.url,
         start_date=start_ts - (needed + 1) * bar,
         timeframe=timeframe,
         columns=columns,
-        max_gap_bars=settings.max_gap_bars,
+        max_gap_bars=s.max_gap_bars,
         drop_warmup=True,
         indicators=_bundle_indicators(manifest, columns),
     )
     pos = int(frame.index.searchsorted(start_ts, side="left"))
     if pos >= len(frame):
         raise DataError(
-            f"asset {settings.asset_id!r} ({timeframe}) has no bars between {start_ts} and "
+            f"asset {s.asset_id!r} ({timeframe}) has no bars between {start_ts} and "
             f"{end_ts}; its loaded data ends at {frame.index[-1]}: move the test window into "
             "the stored range or ingest newer data"
         )
     if pos < needed:
         raise DataError(
             f"the model needs {needed} {timeframe} bars of history before the test window "
-            f"(input_chunk_length {icl}, horizon {steps}), but {settings.asset_id!r} has {pos} "
+            f"(input_chunk_length {icl}, horizon {steps}), but {s.asset_id!r} has {pos} "
             f"before {frame.index[pos]} (usable data starts at {frame.index[0]}); set "
             f"--test-start-date at least {needed - pos} bars later"
         )
@@ -296,7 +273,7 @@ def evaluate_model(
     filled = frame["filled"].iloc[pos:] if "filled" in frame.columns else None
     record: dict[str, Any] = {
         "model_name": bundle_model,
-        "asset_id": str(settings.asset_id),
+        "asset_id": str(s.asset_id),
         "timeframe": timeframe,
         "test_start": start_ts.isoformat(),
         "test_end": end_ts.isoformat(),
@@ -315,11 +292,11 @@ def evaluate_model(
         "backtest": backtest,
     }
 
-    out_dir = Path(settings.output_path or DEFAULT_OUTPUT_PATH)
-    stem = run_stem(str(settings.asset_id), timeframe=timeframe)
+    out_dir = s.output_dir
+    stem = run_stem(str(s.asset_id), timeframe=timeframe)
     metrics_path = write_json(out_dir / f"{stem}_evaluation_metrics.json", record)
     title = (
-        f"{settings.asset_id} {timeframe}  -  {bundle_model}  -  hold-out "
+        f"{s.asset_id} {timeframe}  -  {bundle_model}  -  hold-out "
         f"{results.index[0]:%Y-%m-%d} to {results.index[-1]:%Y-%m-%d}  -  horizon {steps}"
     )
     plot_path = plot_evaluation(
@@ -332,7 +309,7 @@ def evaluate_model(
     logger.info(
         "evaluated %s on %s: rmse %.6g, naive %.6g, ratio %s",
         bundle_model,
-        settings.asset_id,
+        s.asset_id,
         metrics["rmse"],
         metrics["naive"]["rmse"],
         metrics["rmse_ratio"],

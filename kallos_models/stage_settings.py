@@ -1,0 +1,320 @@
+"""Typed settings per stage, built once from the resolved :class:`~kallos_models.config.Settings`.
+
+The one resolver (:func:`kallos_models.config.resolve_settings`: flags > environment/.env >
+config.json > defaults) yields the whole bag; each stage reads a small frozen object built
+from it here, holding only what that stage reads:
+
+- dates are parsed once (:class:`pandas.Timestamp`, UTC, naive);
+- the database is resolved once (:class:`DataSource`: the URL with its password, shown only
+  through :attr:`DataSource.masked`), from ``db_url`` or the seed's ``db_kwargs``;
+- ``output_path`` has one meaning, "the folder this command writes to", with one default per
+  stage in :data:`DEFAULT_OUTPUT_DIRS`;
+- each required value is checked once, here, with one message naming its flag, its config
+  key and its environment variable (:class:`MissingSettingError`; the CLI reports it as a
+  usage error, exit status 2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from kallos_models.config import Settings, parse_date
+from kallos_models.errors import ConfigError
+from kallos_models.urls import mask_url, resolve_url
+
+__all__ = [
+    "DEFAULT_OUTPUT_DIRS",
+    "DataSource",
+    "EvaluateSettings",
+    "FeatureSettings",
+    "MissingSettingError",
+    "TrainSettings",
+    "TrainerSettings",
+    "TuneSettings",
+    "evaluate_settings",
+    "require",
+    "train_settings",
+    "tune_settings",
+]
+
+#: The folder each command writes to when ``output_path`` is not set.
+DEFAULT_OUTPUT_DIRS: dict[str, Path] = {
+    "tune": Path("."),  # the best-params file and report plots
+    "train": Path("trained_models"),  # the bundle
+    "evaluate": Path("evaluation_results"),  # the metrics file and the plot
+}
+
+_WINDOW = (
+    "evaluation needs a hold-out window: set --test-start-date and --test-end-date, e.g. "
+    "2024-07-01 and 2025-06-30"
+)
+#: Required values: config key -> (command-line flag, what it is for).
+REQUIRED: dict[str, tuple[str, str]] = {
+    "asset_id": ("--asset-id", "name the asset, e.g. --asset-id BTC"),
+    "tune_end_date": (
+        "--end-date",
+        "tuning needs the last date it may see (rows after it are never seen by tuning)",
+    ),
+    "train_end_date": ("--end-date", "train needs the last date of its training data"),
+    "test_start_date": ("--test-start-date", _WINDOW),
+    "test_end_date": ("--test-end-date", _WINDOW),
+}
+
+
+class MissingSettingError(ConfigError):
+    """A required setting is unset; the message names its flag, config key and variable."""
+
+
+def require(settings: Settings, key: str) -> Any:
+    """The value of a required setting, or :class:`MissingSettingError` with the one message.
+
+    Parameters
+    ----------
+    settings : Settings
+        Resolved settings. No default.
+    key : str
+        A key of :data:`REQUIRED`. No default.
+
+    Returns
+    -------
+    Any
+        The value, never None or empty.
+    """
+    value = getattr(settings, key)
+    if value is None or value == "":
+        flag, why = REQUIRED[key]
+        raise MissingSettingError(
+            f"missing {flag}: {why} ({key} in config.json, KALLOS_{key.upper()} in the environment)"
+        )
+    return value
+
+
+@dataclass(frozen=True)
+class DataSource:
+    """A database, resolved once: the URL with its password (never print it)."""
+
+    url: str
+
+    @property
+    def masked(self) -> str:
+        """The URL with its password replaced by ``***``."""
+        return mask_url(self.url)
+
+    @property
+    def backend(self) -> str:
+        """``sqlite`` or ``postgresql``."""
+        return resolve_url(self.url).get_backend_name()
+
+    def __repr__(self) -> str:  # dataclass repr would show the password
+        return f"DataSource({self.masked!r})"
+
+
+def _database(settings: Settings) -> DataSource:
+    source: str | Mapping[str, Any] | None = settings.db_url or settings.db_kwargs
+    if not source:
+        raise MissingSettingError(
+            "missing --db-url: no database is configured (db_url or db_kwargs in config.json, "
+            "KALLOS_DB_URL or POSTGRES_* in the environment)"
+        )
+    return DataSource(resolve_url(source).render_as_string(hide_password=False))
+
+
+@dataclass(frozen=True)
+class FeatureSettings:
+    """What turns candles into a model's inputs: indicators, feature groups, target."""
+
+    target_col: str = "close"
+    target_transform: str = "log_return"
+    feature_groups: Mapping[str, list[str]] = field(default_factory=dict)
+    optional_features: tuple[str, ...] = ()
+    group_scalers: Mapping[str, str] = field(default_factory=dict)
+    indicators: Mapping[str, Mapping[str, Any]] | None = None
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> FeatureSettings:
+        """The feature choices of ``settings``."""
+        return cls(
+            target_col=settings.target_col,
+            target_transform=settings.target_transform,
+            feature_groups={g: list(c) for g, c in settings.feature_groups.items()},
+            optional_features=tuple(settings.optional_features),
+            group_scalers=dict(settings.group_scalers),
+            indicators=None if settings.indicators is None else dict(settings.indicators),
+        )
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    """Lightning and fitting choices shared by tune and train."""
+
+    accelerator: str = "auto"
+    devices: str = "auto"
+    precision: str | None = None
+    seed: int = 42
+    max_epochs: int = 100
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TrainerSettings:
+        """The trainer choices of ``settings``."""
+        return cls(
+            accelerator=settings.accelerator,
+            devices=settings.devices,
+            precision=settings.precision,
+            seed=settings.seed,
+            max_epochs=settings.max_epochs,
+        )
+
+
+def _output_dir(settings: Settings, stage: str) -> Path:
+    return Path(settings.output_path) if settings.output_path else DEFAULT_OUTPUT_DIRS[stage]
+
+
+def _date(settings: Settings, key: str) -> pd.Timestamp | None:
+    return parse_date(getattr(settings, key), key)
+
+
+def _required_date(settings: Settings, key: str) -> pd.Timestamp:
+    value = parse_date(require(settings, key), key)
+    if value is None:  # parse_date returns None for an empty value only, refused above
+        raise MissingSettingError(f"missing {REQUIRED[key][0]}: {REQUIRED[key][1]}")
+    return value
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """What ``train`` reads."""
+
+    model_name: str
+    asset_id: str
+    timeframe: str
+    database: DataSource
+    start: pd.Timestamp | None
+    end: pd.Timestamp
+    max_gap_bars: int
+    features: FeatureSettings
+    trainer: TrainerSettings
+    output_dir: Path
+
+
+def train_settings(settings: Settings) -> TrainSettings:
+    """The train stage's settings; required: ``asset_id``, ``train_end_date``."""
+    asset_id = str(require(settings, "asset_id"))
+    end = _required_date(settings, "train_end_date")
+    return TrainSettings(
+        model_name=settings.model_name,
+        asset_id=asset_id,
+        timeframe=settings.timeframe,
+        database=_database(settings),
+        start=_date(settings, "start_date"),
+        end=end,
+        max_gap_bars=settings.max_gap_bars,
+        features=FeatureSettings.from_settings(settings),
+        trainer=TrainerSettings.from_settings(settings),
+        output_dir=_output_dir(settings, "train"),
+    )
+
+
+@dataclass(frozen=True)
+class EvaluateSettings:
+    """What ``evaluate`` reads (the timeframe and features come from the bundle)."""
+
+    model_name: str
+    asset_id: str
+    database: DataSource
+    test_start: pd.Timestamp
+    test_end: pd.Timestamp
+    horizon: int
+    max_gap_bars: int
+    output_dir: Path
+    backtest_mode: str = "long"
+    backtest_threshold: float = 0.0
+    fee_bps: float = 10.0
+
+
+def evaluate_settings(settings: Settings) -> EvaluateSettings:
+    """The evaluate stage's settings; required: ``asset_id`` and the hold-out window."""
+    asset_id = str(require(settings, "asset_id"))
+    start = _required_date(settings, "test_start_date")
+    end = _required_date(settings, "test_end_date")
+    if start > end:
+        raise ConfigError(
+            f"test window is reversed: --test-start-date {start.date()} is after "
+            f"--test-end-date {end.date()}; swap them"
+        )
+    return EvaluateSettings(
+        model_name=settings.model_name,
+        asset_id=asset_id,
+        database=_database(settings),
+        test_start=start,
+        test_end=end,
+        horizon=settings.horizon,
+        max_gap_bars=settings.max_gap_bars,
+        output_dir=_output_dir(settings, "evaluate"),
+        backtest_mode=settings.backtest_mode,
+        backtest_threshold=float(settings.backtest_threshold),
+        fee_bps=float(settings.fee_bps),
+    )
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """What ``tune`` reads. ``storage`` is Optuna's database: ``storage_url``, else the data
+    database."""
+
+    model_name: str
+    asset_id: str
+    timeframe: str
+    database: DataSource
+    storage: DataSource
+    optuna_schema: str | None
+    start: pd.Timestamp | None
+    end: pd.Timestamp
+    max_gap_bars: int
+    features: FeatureSettings
+    trainer: TrainerSettings
+    n_trials: int
+    metric: str
+    study_name: str
+    workers: int
+    timeout: float | None
+    heartbeat_interval: int
+    grace_period: int
+    output_dir: Path
+
+
+def tune_settings(settings: Settings) -> TuneSettings:
+    """The tune stage's settings; required: ``asset_id``, ``tune_end_date``."""
+    asset_id = str(require(settings, "asset_id"))
+    end = _required_date(settings, "tune_end_date")
+    database = _database(settings)
+    storage = (
+        DataSource(resolve_url(settings.storage_url).render_as_string(hide_password=False))
+        if settings.storage_url
+        else database
+    )
+    return TuneSettings(
+        model_name=settings.model_name,
+        asset_id=asset_id,
+        timeframe=settings.timeframe,
+        database=database,
+        storage=storage,
+        optuna_schema=settings.optuna_schema or None,
+        start=_date(settings, "start_date"),
+        end=end,
+        max_gap_bars=settings.max_gap_bars,
+        features=FeatureSettings.from_settings(settings),
+        trainer=TrainerSettings.from_settings(settings),
+        n_trials=settings.n_trials,
+        metric=settings.metric,
+        study_name=settings.study_name or f"{settings.model_name}_{asset_id}_{settings.timeframe}",
+        workers=settings.workers,
+        timeout=settings.timeout,
+        heartbeat_interval=settings.heartbeat_interval,
+        grace_period=settings.grace_period,
+        output_dir=_output_dir(settings, "tune"),
+    )
