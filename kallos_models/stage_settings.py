@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from kallos_models.config import Settings, parse_date
+from kallos_models.config import BacktestMode, Settings, parse_date
 from kallos_models.errors import ConfigError
 from kallos_models.urls import mask_url, resolve_url
 
@@ -58,7 +58,8 @@ REQUIRED: dict[str, tuple[str, str]] = {
     "asset_id": ("--asset-id", "name the asset, e.g. --asset-id BTC"),
     "tune_end_date": (
         "--end-date",
-        "tuning needs the last date it may see (rows after it are never seen by tuning)",
+        "tuning needs an end date, the last date it may see (rows after it are never seen "
+        "by tuning)",
     ),
     "train_end_date": ("--end-date", "train needs the last date of its training data"),
     "test_start_date": ("--test-start-date", _WINDOW),
@@ -231,7 +232,7 @@ class EvaluateSettings:
     horizon: int
     max_gap_bars: int
     output_dir: Path
-    backtest_mode: str = "long"
+    backtest_mode: BacktestMode = "long"
     backtest_threshold: float = 0.0
     fee_bps: float = 10.0
 

@@ -1,0 +1,183 @@
+"""One trial's work: the :class:`Job` a worker runs, the walk-forward folds and the objective
+that fits, forecasts and scores every fold."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import os
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from kallos_models.data import datasets
+from kallos_models.errors import ConfigError, ModelError
+from kallos_models.modelling import series, zoo
+from kallos_models.stage_settings import TuneSettings
+from kallos_models.stages.tune.storage import StorageSpec, TrialGate
+
+if TYPE_CHECKING:
+    import optuna
+
+logger = logging.getLogger(__name__)
+
+SearchSpaceFn = Callable[[Any, str], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Job:
+    """Everything one worker needs; pickled to spawned workers."""
+
+    settings: TuneSettings
+    frame: pd.DataFrame
+    n_splits: int
+    val_size: int
+    min_train_size: int
+    max_lookback: int
+    storage: StorageSpec
+    study_name: str
+    search_space: SearchSpaceFn | None
+    pruner: Any
+    show_progress: bool
+    deadline: float | None
+    torch_threads: int | None = None
+
+
+def replace_job(job: Job, **changes: Any) -> Job:
+    """``job`` with ``changes`` (a deadline, a torch thread count)."""
+    return dataclasses.replace(job, **changes)
+
+
+def owner_tag() -> str:
+    """``host:pid`` of this process, stored on the trials it starts."""
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def _fold_score(metrics: Mapping[str, Any], metric: str) -> float:
+    value = metrics.get("rmse_ratio") if metric == "rmse_rel_naive" else metrics.get(metric)
+    return float("nan") if value is None else float(value)
+
+
+def _folds(job: Job) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
+    return list(
+        datasets.get_walk_forward_splits(
+            job.frame, job.n_splits, job.val_size, min_train_size=job.min_train_size
+        )
+    )
+
+
+def prepare(job: Job, train_df: pd.DataFrame, val_df: pd.DataFrame) -> Any:
+    """The fold's preprocessing fitted on ``train_df`` and its series (features checked)."""
+    return series.prepare_from_settings(job.settings.features, train_df, val_df)
+
+
+def make_objective(job: Job, gate: TrialGate) -> Callable[[Any], float]:
+    """The Optuna objective of ``job``: the mean fold score of one sampled parameter set.
+
+    Each fold's score is reported (``step`` = fold index) so the pruner can stop the trial;
+    a model error or a non-finite score makes the trial's value NaN (a FAIL).
+    """
+    import optuna
+
+    from kallos_models.modelling import fitting, forecasting, metrics
+
+    s = job.settings
+    spec = zoo.get_spec(s.model_name)
+    space = job.search_space or spec.search_space
+    folds = _folds(job)
+    trainer_kwargs = fitting.build_trainer_kwargs(
+        accelerator=s.trainer.accelerator,
+        devices=s.trainer.devices,
+        precision=s.trainer.precision,
+        show_progress=job.show_progress,
+    )
+    owner = owner_tag()
+
+    def objective(trial: optuna.Trial) -> float:
+        gate.release()  # the trial is RUNNING in the storage: other workers may count it
+        trial.set_user_attr("worker", owner)
+        params = dict(space(trial, s.timeframe))
+        lookback = int(params.get("input_chunk_length", spec.defaults["input_chunk_length"]))
+        if lookback > job.max_lookback:
+            raise ConfigError(
+                f"the search space sampled input_chunk_length {lookback}, above the "
+                f"{job.max_lookback} bars the walk-forward folds were sized for; keep "
+                "input_chunk_length within zoo.lookback_range(timeframe)"
+            )
+        # names the model does not take are a search-space mistake: stop, do not retry
+        zoo.validate_params(s.model_name, params)
+        trial.set_user_attr("params", params)
+        scores: list[float] = []
+        best_epochs: list[int] = []
+        epochs_run: list[int] = []
+        fold_seconds: list[float] = []
+        trial.set_user_attr("fold_train_sizes", [len(tr) for tr, _ in folds])
+        trial.set_user_attr("fold_val_sizes", [len(va) for _, va in folds])
+        trial.set_user_attr("fold_val_starts", [str(va.index[0]) for _, va in folds])
+
+        def record() -> None:
+            trial.set_user_attr("fold_scores", scores)
+            trial.set_user_attr("best_epochs", best_epochs)
+            trial.set_user_attr("epochs_run", epochs_run)
+            trial.set_user_attr("fold_seconds", [round(x, 3) for x in fold_seconds])
+            if best_epochs:
+                trial.set_user_attr("n_epochs", max(1, round(sum(best_epochs) / len(best_epochs))))
+
+        for index, (train_df, val_df) in enumerate(folds):
+            started = time.perf_counter()
+            prepared = prepare(job, train_df, val_df)
+            try:
+                fit = fitting.fit_forecaster(
+                    s.model_name,
+                    params,
+                    prepared,
+                    max_epochs=s.trainer.max_epochs,
+                    seed=s.trainer.seed,
+                    trainer_kwargs=trainer_kwargs,
+                )
+                needed = forecasting.lookback_bars(
+                    int(fit.model.input_chunk_length), 1, prepared.preprocessor.target_transform
+                )
+                context = pd.concat([train_df.iloc[-needed:], val_df])
+                forecasts = forecasting.rolling_forecasts(
+                    fit.model, prepared.preprocessor, context, start=val_df.index[0], horizon=1
+                )
+                scores_now = metrics.compute_metrics(
+                    forecasts["actual"].to_numpy(),
+                    forecasts["forecast"].to_numpy(),
+                    forecasts["naive"].to_numpy(),
+                    origin=forecasts["origin_close"].to_numpy(),
+                    horizon=1,
+                )
+            except ModelError as exc:  # e.g. a diverged model forecasting NaN
+                logger.warning("trial %d fold %d failed: %s", trial.number, index + 1, exc)
+                trial.set_user_attr("error", str(exc))
+                record()
+                return float("nan")
+            score = _fold_score(scores_now, s.metric)
+            scores.append(score)
+            best_epochs.append(int(fit.best_epoch or fit.epochs_run or 1))
+            epochs_run.append(int(fit.epochs_run))
+            fold_seconds.append(time.perf_counter() - started)
+            record()
+            if not math.isfinite(score):
+                logger.warning(
+                    "trial %d fold %d: %s is not finite; the trial fails",
+                    trial.number,
+                    index + 1,
+                    s.metric,
+                )
+                return float("nan")
+            trial.report(score, step=index)
+            if trial.should_prune():
+                raise optuna.TrialPruned(
+                    f"pruned after fold {index + 1}/{len(folds)}: {s.metric} {score:.6g}"
+                )
+        return float(sum(scores) / len(scores))
+
+    return objective
