@@ -21,6 +21,7 @@ from sqlalchemy.engine import URL
 
 from kallos_models.config import Settings, resolve_settings
 from kallos_models.errors import ConfigError
+from kallos_models.stage_settings import evaluate_settings, train_settings, tune_settings
 
 if TYPE_CHECKING:
     import optuna
@@ -59,11 +60,12 @@ def tune(
     from kallos_models.mlops import tracking
     from kallos_models.stages import tune as tune_stage
 
+    stage = tune_settings(settings)  # required values checked before anything else
     observers = [tracking.TuneTracker(settings)] if tracking.enabled(settings) else []
     # only what the caller chose: the stage's own defaults stay in one place
     chosen = {"search_space": search_space, "pruner": pruner}
     return tune_stage.tune(
-        settings,
+        stage,
         show_progress=show_progress,
         observers=observers,
         **{key: value for key, value in chosen.items() if value is not None},
@@ -103,8 +105,9 @@ def train(
     from kallos_models.mlops import tracking
     from kallos_models.stages.train import train_model
 
+    stage = train_settings(settings)  # required values checked before anything else
     tracking.require_mlflow(settings)  # before any training: a missing extra fails now
-    result = train_model(settings, params, overwrite=overwrite, show_progress=show_progress)
+    result = train_model(stage, params, overwrite=overwrite, show_progress=show_progress)
     tracked = tracking.log_training(settings, result)
     return dataclasses.replace(result, tracking=tracked) if tracked else result
 
@@ -148,6 +151,7 @@ def evaluate(
     from kallos_models.modelling.bundles import is_registry_uri
     from kallos_models.stages.evaluate import evaluate_model
 
+    stage = evaluate_settings(settings)  # required values checked before anything else
     tracking.require_mlflow(settings)
     if is_registry_uri(model_path):
         if scaler_path is not None:
@@ -157,12 +161,12 @@ def evaluate(
             )
         with registry.downloaded_bundle(settings, str(model_path)) as local_model:
             result = evaluate_model(
-                settings, model_path=local_model, horizon=horizon, source=str(model_path)
+                stage, model_path=local_model, horizon=horizon, source=str(model_path)
             )
             tracked = _log_evaluation(settings, result)
     else:
         result = evaluate_model(
-            settings, model_path=model_path, scaler_path=scaler_path, horizon=horizon
+            stage, model_path=model_path, scaler_path=scaler_path, horizon=horizon
         )
         tracked = _log_evaluation(settings, result)
     return dataclasses.replace(result, tracking=tracked) if tracked else result

@@ -36,8 +36,10 @@ __all__ = [
     "TrainSettings",
     "TrainerSettings",
     "TuneSettings",
+    "data_source",
     "evaluate_settings",
     "require",
+    "storage_source",
     "train_settings",
     "tune_settings",
 ]
@@ -64,6 +66,10 @@ REQUIRED: dict[str, tuple[str, str]] = {
     "train_end_date": ("--end-date", "train needs the last date of its training data"),
     "test_start_date": ("--test-start-date", _WINDOW),
     "test_end_date": ("--test-end-date", _WINDOW),
+    "tracking_uri": (
+        "--tracking-uri",
+        "the model registry lives in MLflow, e.g. --tracking-uri sqlite:///mlflow.db",
+    ),
 }
 
 
@@ -115,7 +121,19 @@ class DataSource:
         return f"DataSource({self.masked!r})"
 
 
-def _database(settings: Settings) -> DataSource:
+def data_source(settings: Settings) -> DataSource:
+    """The market database of ``settings``: ``db_url``, else the seed's ``db_kwargs``.
+
+    The one place the database is worked out, for every command.
+
+    Raises
+    ------
+    MissingSettingError
+        Neither is set (the resolver defaults to ``./kallos.db``, so only hand-built
+        :class:`Settings` get here).
+    ConfigError
+        The URL does not parse, or ``db_kwargs`` lack a user or database.
+    """
     source: str | Mapping[str, Any] | None = settings.db_url or settings.db_kwargs
     if not source:
         raise MissingSettingError(
@@ -123,6 +141,13 @@ def _database(settings: Settings) -> DataSource:
             "KALLOS_DB_URL or POSTGRES_* in the environment)"
         )
     return DataSource(resolve_url(source).render_as_string(hide_password=False))
+
+
+def storage_source(settings: Settings) -> DataSource:
+    """Optuna's storage of ``settings``: ``storage_url``, else the market database."""
+    if settings.storage_url:
+        return DataSource(resolve_url(settings.storage_url).render_as_string(hide_password=False))
+    return data_source(settings)
 
 
 @dataclass(frozen=True)
@@ -210,7 +235,7 @@ def train_settings(settings: Settings) -> TrainSettings:
         model_name=settings.model_name,
         asset_id=asset_id,
         timeframe=settings.timeframe,
-        database=_database(settings),
+        database=data_source(settings),
         start=_date(settings, "start_date"),
         end=end,
         max_gap_bars=settings.max_gap_bars,
@@ -250,7 +275,7 @@ def evaluate_settings(settings: Settings) -> EvaluateSettings:
     return EvaluateSettings(
         model_name=settings.model_name,
         asset_id=asset_id,
-        database=_database(settings),
+        database=data_source(settings),
         test_start=start,
         test_end=end,
         horizon=settings.horizon,
@@ -292,12 +317,8 @@ def tune_settings(settings: Settings) -> TuneSettings:
     """The tune stage's settings; required: ``asset_id``, ``tune_end_date``."""
     asset_id = str(require(settings, "asset_id"))
     end = _required_date(settings, "tune_end_date")
-    database = _database(settings)
-    storage = (
-        DataSource(resolve_url(settings.storage_url).render_as_string(hide_password=False))
-        if settings.storage_url
-        else database
-    )
+    database = data_source(settings)
+    storage = storage_source(settings)
     return TuneSettings(
         model_name=settings.model_name,
         asset_id=asset_id,

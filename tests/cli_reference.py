@@ -1,7 +1,8 @@
 """Build the README's CLI reference from the real `--help` output.
 
-`python -m tests.cli_reference` rewrites the block in README.md; tests/test_readme.py fails when
-the README and the commands drift apart.
+Every command gets a section, a group's subcommands too (`### kallos-run registry`, then
+`#### kallos-run registry list` ...). `python -m tests.cli_reference` rewrites the block in
+README.md; tests/test_readme.py fails when the README and the commands drift apart.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import click
 from click.testing import CliRunner
 
 from kallos_models.cli import cli
@@ -25,16 +27,29 @@ def _help(args: list[str]) -> str:
     return result.output.rstrip()
 
 
+def command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command under ``group`` as its words after `kallos-run`, a group before its own
+    subcommands, each level in name order."""
+    paths: list[tuple[str, ...]] = []
+    for name in sorted(group.commands):
+        command = group.commands[name]
+        paths.append((*prefix, name))
+        if isinstance(command, click.Group):
+            paths += command_paths(command, (*prefix, name))
+    return paths
+
+
 def reference() -> str:
     parts = ["```text", "$ kallos-run --help", _help([]), "```"]
-    for name in sorted(cli.commands):
+    for path in command_paths(cli):
+        words = " ".join(path)
         parts += [
             "",
-            f"### `kallos-run {name}`",
+            f"{'#' * (2 + len(path))} `kallos-run {words}`",
             "",
             "```text",
-            f"$ kallos-run {name} --help",
-            _help([name]),
+            f"$ kallos-run {words} --help",
+            _help(list(path)),
             "```",
         ]
     return "\n".join(parts)

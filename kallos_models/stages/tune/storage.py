@@ -9,7 +9,6 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,7 +17,7 @@ import sqlalchemy as sa
 from kallos_models.config import Settings
 from kallos_models.data import db
 from kallos_models.errors import ConfigError, DatabaseError
-from kallos_models.stage_settings import TuneSettings
+from kallos_models.stage_settings import TuneSettings, storage_source
 
 #: A PostgreSQL schema name kallos-models accepts for Optuna's tables.
 SCHEMA_PATTERN = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -69,15 +68,7 @@ def storage_url_for(settings: Settings) -> str:
     ConfigError
         No database is configured, or the URL does not parse.
     """
-    source: str | Mapping[str, Any] | None = settings.storage_url or settings.db_url
-    if not source:
-        source = settings.db_kwargs
-    if not source:
-        raise ConfigError(
-            "no Optuna storage: pass --storage-url or --db-url (KALLOS_STORAGE_URL, "
-            "KALLOS_DB_URL), or db_kwargs in a notebook"
-        )
-    return db.resolve_url(source).render_as_string(hide_password=False)
+    return storage_source(settings).url
 
 
 def check_schema(schema: str | None, url: str) -> str | None:

@@ -1,0 +1,235 @@
+"""Data commands: `ingest` candles, list `assets`, write a `demo-data` market."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import click
+
+from kallos_models.cli.options import (
+    CONTEXT_SETTINGS,
+    asset_options,
+    db_option,
+    echo_json,
+    file_option,
+    json_option,
+    seed_option,
+    settings,
+    timeframe_option,
+)
+from kallos_models.errors import DataError
+
+if TYPE_CHECKING:
+    from kallos_models.data.ingest import FileFormat
+
+logger = logging.getLogger("kallos_models")
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@asset_options
+@file_option
+@click.option(
+    "--binance",
+    "symbol",
+    default=None,
+    metavar="SYMBOL",
+    help="Download Binance's monthly spot archive for SYMBOL (e.g. BTCUSDT) instead of --file.",
+)
+@click.option(
+    "--start", default=None, metavar="YYYY-MM", help="First archive month [default: 2017-08]."
+)
+@click.option(
+    "--end", default=None, metavar="YYYY-MM", help="Last archive month [default: last full month]."
+)
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "binance", "ohlcv"]),
+    default="auto",
+    show_default=True,
+    help="binance: the 12 kline columns; ohlcv: timestamp,open,high,low,close,volume.",
+)
+@click.option(
+    "--skip-invalid", is_flag=True, help="Ingest the valid rows and report the invalid ones."
+)
+@db_option
+@click.pass_context
+def ingest(
+    ctx: click.Context,
+    asset_id,
+    timeframe,
+    file_path,
+    symbol,
+    start,
+    end,
+    fmt,
+    skip_invalid,
+    db_url,
+) -> None:
+    """Load candles into the database, with their indicators.
+
+    From a file, or from Binance's public monthly archive (checksums verified, cached,
+    resumable). Validates every row, upserts the valid ones in one transaction and prints a
+    JSON summary.
+
+    \b
+    Example:
+      kallos-run ingest --asset-id BTC --timeframe 4h --file BTCUSDT_4h.csv --skip-invalid
+      kallos-run ingest --asset-id BTC --timeframe 1d --binance BTCUSDT --start 2018-01
+    """
+    if (file_path is None) == (symbol is None):
+        raise click.UsageError("give exactly one of --file PATH or --binance SYMBOL")
+    if symbol is None and (start or end):
+        raise click.UsageError("--start and --end go with --binance")
+    s = settings(ctx, asset_id=asset_id, timeframe=timeframe, db_url=db_url)
+    from kallos_models.stage_settings import require
+
+    asset = require(s, "asset_id")
+    if file_path is not None:
+        summary = _ingest_file(ctx, s, asset, file_path, fmt, skip_invalid)
+        _print_ingest(summary.warnings, summary.as_dict())
+        return
+    result = _ingest_archive(ctx, s, asset, symbol, start, end, skip_invalid)
+    _print_ingest(result.ingest.warnings if result.ingest else [], result.as_dict())
+    if result.months_refused:
+        raise click.ClickException(_refused_message(result.months_refused, result.months_used))
+
+
+def _ingest_file(
+    ctx: click.Context, s, asset: str, file_path: Path, fmt: FileFormat, skip_invalid: bool
+):
+    """`ingest --file`: the library's :func:`~kallos_models.data.ingest.ingest_file`."""
+    from kallos_models.data import db
+    from kallos_models.data import ingest as ingest_mod
+    from kallos_models.stage_settings import data_source
+
+    if not file_path.is_file():  # before the database is created
+        raise DataError(f"file {file_path} does not exist; check the --file path")
+    return ingest_mod.ingest_file(
+        db.create_db_engine(data_source(s).url),
+        asset,
+        s.timeframe,
+        file_path,
+        fmt=fmt,
+        skip_invalid=skip_invalid,
+        progress=_progress(ctx),
+    )
+
+
+def _ingest_archive(ctx: click.Context, s, asset: str, symbol, start, end, skip_invalid: bool):
+    """`ingest --binance`: the library's :func:`~kallos_models.data.binance_archive.
+    ingest_binance_archive`."""
+    from kallos_models.data import binance_archive, db
+    from kallos_models.stage_settings import data_source
+
+    return binance_archive.ingest_binance_archive(
+        db.create_db_engine(data_source(s).url),
+        asset,
+        symbol,
+        s.timeframe,
+        start=start or "2017-08",
+        end=end,
+        base_url=s.binance_archive_url,
+        cache_dir=s.binance_cache_dir,
+        skip_invalid=skip_invalid,
+        progress=_progress(ctx),
+    )
+
+
+def _print_ingest(warnings: Iterable[str], summary: dict[str, Any]) -> None:
+    """The ingest's warnings as log lines on stderr, its summary as JSON on stdout."""
+    for warning in warnings:
+        logger.warning(warning)
+    echo_json(summary)
+
+
+def _refused_message(refused: list[str], used: list[str]) -> str:
+    return (
+        f"archive months {', '.join(refused)} failed their checksum and were not ingested (the "
+        f"other {len(used)} months were); run the same command again to retry them"
+    )
+
+
+def _progress(ctx: click.Context) -> Callable[[int, int], None]:
+    """A progress callback that logs to stderr for large writes."""
+    state = {"last": 0}
+
+    def report(done: int, total: int) -> None:
+        if total < 10_000 or ctx.obj.get("quiet"):
+            return
+        if done - state["last"] >= 10_000 or done == total:
+            state["last"] = done
+            click.echo(f"written {done}/{total} rows", err=True)
+
+    return report
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@db_option
+@json_option
+@click.pass_context
+def assets(ctx: click.Context, db_url, as_json) -> None:
+    """List the assets in the database.
+
+    One line per asset and timeframe: rows, first and last open time (UTC).
+
+    \b
+    Example:
+      kallos-run assets --json
+    """
+    from kallos_models.data import db
+    from kallos_models.stage_settings import data_source
+
+    s = settings(ctx, db_url=db_url)
+    rows = db.list_assets(db.create_db_engine(data_source(s).url))
+    if as_json:
+        echo_json(rows)
+        return
+    for line in _asset_table(rows):
+        click.echo(line)
+
+
+def _asset_table(rows: list[dict[str, Any]]) -> list[str]:
+    line = "{asset_id:<16} {timeframe:<9} {rows:>8}  {first:<19}  {last:<19}"
+    header = {key: key for key in ("asset_id", "timeframe", "rows", "first", "last")}
+    return [line.format(**header), *(line.format(**r) for r in rows)]
+
+
+@click.command("demo-data", context_settings=CONTEXT_SETTINGS)
+@click.option(
+    "--output",
+    "output",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="CSV file to write (timestamp,open,high,low,close,volume).",
+)
+@click.option("--bars", type=int, default=1500, show_default=True, help="Number of bars.")
+@timeframe_option(default="1d", show_default=True, metavar=None, help="Bar size.")
+@click.option("--start", default="2020-01-01", show_default=True, help="First open time.")
+@seed_option(default=7, show_default=True, help="Random seed.")
+def demo_data(output, bars, timeframe, start, seed) -> None:
+    """Write a SYNTHETIC market (GARCH volatility clusters) as an OHLCV CSV.
+
+    The data is not real; every place that shows it says SYNTHETIC.
+
+    \b
+    Example:
+      kallos-run demo-data --output SYNTHETIC_1d_synthetic.csv --bars 1500
+    """
+    from kallos_models.data import synthetic
+
+    path = synthetic.write_market_csv(
+        synthetic.generate_market(bars, timeframe=timeframe, start=start, seed=seed), output
+    )
+    echo_json(
+        {
+            "path": str(path),
+            "rows": bars,
+            "timeframe": timeframe,
+            "synthetic": True,
+            "description": synthetic.DESCRIPTION,
+        }
+    )

@@ -1,0 +1,308 @@
+"""Model commands: list `models`, `tune`, `train`, `evaluate`, list `studies`, run the `demo`.
+
+`tune`, `train` and `evaluate` pass their flags to the settings resolver (``**flags``; only
+the end date has another settings key per command) and call :mod:`kallos_models.pipeline`.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import click
+
+from kallos_models.cli.options import (
+    CONTEXT_SETTINGS,
+    asset_id_option,
+    asset_options,
+    db_option,
+    echo_json,
+    end_date_option,
+    file_option,
+    json_option,
+    max_epochs_option,
+    model_option,
+    n_trials_option,
+    optuna_schema_option,
+    output_option,
+    seed_option,
+    settings,
+    show_progress,
+    start_date_option,
+    storage_option,
+    timeframe_option,
+    tracking_option,
+)
+
+logger = logging.getLogger("kallos_models")
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@timeframe_option(help="Timeframe for the lookback ranges [default: 1d].")
+@json_option
+@click.pass_context
+def models(ctx: click.Context, timeframe, as_json) -> None:
+    """List the registered models and their tunable parameters.
+
+    \b
+    Example:
+      kallos-run models --json
+    """
+    from kallos_models.modelling import zoo
+
+    rows = zoo.list_models(settings(ctx, timeframe=timeframe).timeframe)
+    if as_json:
+        echo_json(rows)
+        return
+    for line in _model_lines(rows):
+        click.echo(line)
+
+
+def _model_lines(rows: list[dict[str, Any]]) -> list[str]:
+    lines = []
+    for row in rows:
+        lines.append(f"{row['name']:<12} {row['darts_class']}  {row['description']}")
+        lines += [f"    {param:<22} {space}" for param, space in row["tunable"].items()]
+    return lines
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@model_option
+@asset_options
+@end_date_option
+@start_date_option
+@click.option(
+    "--params-file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="JSON hyperparameters, or the file `kallos-run tune` writes.",
+)
+@output_option("./trained_models")
+@db_option
+@click.option("--overwrite", is_flag=True, help="Replace an existing bundle.")
+@seed_option
+@click.option(
+    "--accelerator", default=None, help="Lightning accelerator: auto, cpu, gpu [default: auto]."
+)
+@click.option("--devices", default=None, help="Lightning devices, e.g. 1 or auto [default: auto].")
+@click.option("--precision", default=None, help="Lightning precision, e.g. 32-true or bf16-mixed.")
+@tracking_option
+@click.pass_context
+def train(ctx: click.Context, end_date, params_file, overwrite, **flags) -> None:
+    """Train the final model on all data up to the end date and write its bundle.
+
+    Prints the bundle's paths as JSON. With a tracking URI the run is logged to MLflow and
+    the bundle registered as a new version of {model}_{asset}_{timeframe}.
+
+    \b
+    Example:
+      kallos-run train --model-name gru --asset-id BTC --end-date 2024-06-30 \\
+          --params-file gru_BTC_best_params.json
+    """
+    from kallos_models import pipeline
+
+    s = settings(ctx, train_end_date=end_date, **flags)
+    result = pipeline.train(s, params_file, overwrite=overwrite, show_progress=show_progress(ctx))
+    echo_json(result.as_dict())
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@model_option
+@asset_id_option
+@click.option(
+    "--model-path",
+    required=True,
+    metavar="PATH|URI",
+    help="The bundle's .pt file, or a registered version: models:/NAME@ALIAS or "
+    "models:/NAME/VERSION (with --tracking-uri).",
+)
+@click.option(
+    "--scaler-path",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The bundle's _scaler.pkl [default: the one its manifest names].",
+)
+@click.option(
+    "--test-start-date", default=None, metavar="DATE", help="First day of the hold-out window."
+)
+@click.option(
+    "--test-end-date", default=None, metavar="DATE", help="Last day of the hold-out window."
+)
+@output_option("./evaluation_results")
+@click.option(
+    "--horizon",
+    type=int,
+    default=None,
+    help="Bars ahead, at most output_chunk_length [default: 1].",
+)
+@click.option(
+    "--backtest-mode",
+    type=click.Choice(["long", "long_short"]),
+    default=None,
+    help="Backtest rule: long or flat, or long/short [default: long].",
+)
+@click.option(
+    "--backtest-threshold",
+    type=float,
+    default=None,
+    help="Forecast log return needed to take a position [default: 0].",
+)
+@click.option(
+    "--fee-bps", type=float, default=None, help="Cost per unit of position change [default: 10]."
+)
+@db_option
+@tracking_option
+@click.pass_context
+def evaluate(ctx: click.Context, model_path, scaler_path, horizon, **flags) -> None:
+    """Judge a trained bundle on a hold-out window against a naive forecast.
+
+    Writes {asset}_evaluation_metrics.json and {asset}_evaluation_plot.png; prints the metrics.
+    With a tracking URI they are logged to the run of the bundle's registered version.
+
+    \b
+    Example:
+      kallos-run evaluate --model-name gru --asset-id BTC \\
+          --model-path trained_models/gru_BTC.pt --scaler-path trained_models/gru_BTC_scaler.pkl \\
+          --test-start-date 2024-07-01 --test-end-date 2025-07-04
+      kallos-run evaluate --asset-id BTC --model-path models:/gru_BTC_1d@champion \\
+          --test-start-date 2024-07-01 --test-end-date 2025-07-04 --tracking-uri sqlite:///mlflow.db
+    """
+    from kallos_models import pipeline
+
+    s = settings(ctx, horizon=horizon, **flags)
+    result = pipeline.evaluate(s, model_path=model_path, scaler_path=scaler_path, horizon=horizon)
+    logger.info("metrics: %s; plot: %s", result.metrics_path, result.plot_path)
+    if result.tracking and result.tracking.get("version") is not None:
+        t = result.tracking
+        logger.info("logged to %s version %s", t["registered_model"], t["version"])
+    echo_json(result.metrics)
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@model_option
+@asset_options
+@end_date_option(help="Last day of data used for tuning.")
+@start_date_option(help="First day of data [default: all].")
+@db_option
+@n_trials_option
+@click.option("--study-name", default=None, help="[default: {model}_{asset}_{timeframe}]")
+@optuna_schema_option(help="PostgreSQL schema for Optuna's tables.")
+@storage_option
+@click.option(
+    "--workers", type=int, default=None, help="Worker processes on this machine [default: 1]."
+)
+@max_epochs_option
+@click.option(
+    "--metric",
+    type=click.Choice(["rmse", "mae", "mape", "smape", "rmse_rel_naive"]),
+    default=None,
+    help="Fold score, averaged over folds [default: rmse].",
+)
+@click.option("--timeout", type=float, default=None, help="Stop starting trials after SEC seconds.")
+@output_option(".")
+@seed_option(help="Sampler seed [default: 42].")
+@tracking_option
+@click.pass_context
+def tune(ctx: click.Context, end_date, **flags) -> None:
+    """Search hyperparameters with Optuna over walk-forward cross-validation.
+
+    Resumes the stored study; writes {model}_{asset}_best_params.json and report plots.
+    With a tracking URI: one MLflow run per tune, a child run per trial.
+
+    \b
+    Example:
+      kallos-run tune --model-name gru --asset-id BTC --end-date 2023-12-31 --n-trials 20
+    """
+    from kallos_models import pipeline
+
+    s = settings(ctx, tune_end_date=end_date, **flags)
+    try:
+        result = pipeline.tune(s, show_progress=show_progress(ctx))
+    except KeyboardInterrupt:
+        click.echo(
+            "Interrupted: the running trial was marked failed; run the same command to resume.",
+            err=True,
+        )
+        ctx.exit(130)
+    echo_json(result.summary)
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@db_option
+@storage_option
+@optuna_schema_option
+@json_option
+@click.pass_context
+def studies(ctx: click.Context, db_url, storage_url, optuna_schema, as_json) -> None:
+    """List the Optuna studies in a storage with trial counts and best values.
+
+    \b
+    Example:
+      kallos-run studies --db-url postgresql://kallos@db/kallos --optuna-schema optuna --json
+    """
+    from kallos_models.stages import tune as tuner
+
+    s = settings(ctx, db_url=db_url, storage_url=storage_url, optuna_schema=optuna_schema)
+    rows = tuner.list_studies(tuner.storage_url_for(s), s.optuna_schema)
+    if as_json:
+        echo_json(rows)
+        return
+    for row in rows:
+        counts = ", ".join(f"{k.lower()} {v}" for k, v in row["trials"].items())
+        click.echo(f"{row['name']}: best {row['best_value']} ({counts})")
+
+
+@click.command(context_settings=CONTEXT_SETTINGS)
+@click.option(
+    "--workdir",
+    default="demo",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory for the database and every file written.",
+)
+@file_option(
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Candle file to use [default: a generated SYNTHETIC market].",
+)
+@asset_id_option(metavar=None, help="Asset id [default: SYNTHETIC, or the file name's stem].")
+@timeframe_option(default="1d", show_default=True, metavar=None, help="Bar size of the data.")
+@model_option(default="gru", show_default=True, metavar=None, help="Model to tune and train.")
+@n_trials_option(default=4, show_default=True, help="Tuning trials.")
+@max_epochs_option(default=3, show_default=True, help="Epoch cap per fit.")
+@click.pass_context
+def demo(
+    ctx: click.Context, workdir, file_path, asset_id, timeframe, model_name, n_trials, max_epochs
+) -> None:
+    """Run the main job end to end: ingest, short tune, train, evaluate on SQLite.
+
+    Prints where the params, bundle, metrics and plot are, and the headline metrics.
+
+    \b
+    Example:
+      kallos-run demo --workdir demo
+      kallos-run demo --file BTCUSDT_1d.csv --asset-id BTC
+    """
+    from kallos_models import demo as quickstart
+
+    result = quickstart.run_demo(
+        workdir,
+        data_file=file_path,
+        asset_id=asset_id,
+        timeframe=timeframe,
+        model_name=model_name,
+        n_trials=n_trials,
+        max_epochs=max_epochs,
+        show_progress=show_progress(ctx),
+    )
+    echo_json(result.as_dict())
+    click.echo(_demo_headline(result), err=True)
+
+
+def _demo_headline(result) -> str:
+    h = result.headline
+    label = " (SYNTHETIC data)" if result.synthetic else ""
+    return (
+        f"{h['asset_id']}{label}: model RMSE {h['rmse']:.4g} vs naive {h['naive_rmse']:.4g} "
+        f"(ratio {h['rmse_ratio']:.3f}); plot: {result.plot_path}"
+    )
