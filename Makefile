@@ -4,7 +4,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: demo test lint install
+.PHONY: demo test lint typecheck install
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -18,8 +18,12 @@ install: $(VENV)/.installed
 
 lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check kallos_models tests bench
+	$(VENV)/bin/ruff format --check kallos_models tests bench
 
-test: lint
+typecheck: $(VENV)/.installed
+	$(VENV)/bin/mypy kallos_models
+
+test: lint typecheck
 	$(PY) -m pytest -q -p no:cacheprovider
 
 demo: $(VENV)/.installed

@@ -69,7 +69,7 @@ def ingest(
     skip_invalid,
     db_url,
 ) -> None:
-    """Load candles into the database, with their indicators.
+    """Load candles into the database (indicators are computed when data is loaded).
 
     From a file, or from Binance's public monthly archive (checksums verified, cached,
     resumable). Validates every row, upserts the valid ones in one transaction and prints a

@@ -92,8 +92,10 @@ def _model_lines(rows: list[dict[str, Any]]) -> list[str]:
 def train(ctx: click.Context, end_date, params_file, overwrite, **flags) -> None:
     """Train the final model on all data up to the end date and write its bundle.
 
-    Prints the bundle's paths as JSON. With a tracking URI the run is logged to MLflow and
-    the bundle registered as a new version of {model}_{asset}_{timeframe}.
+    Writes {model}_{asset}.pt (+ .ckpt), _scaler.pkl and _manifest.json, with _{timeframe}
+    after the asset unless it is 1d (gru_BTC_4h.pt); prints their paths as JSON. With a
+    tracking URI the run is logged to MLflow and the bundle registered as a new version of
+    {model}_{asset}_{timeframe}.
 
     \b
     Example:
@@ -157,8 +159,9 @@ def train(ctx: click.Context, end_date, params_file, overwrite, **flags) -> None
 def evaluate(ctx: click.Context, model_path, scaler_path, horizon, **flags) -> None:
     """Judge a trained bundle on a hold-out window against a naive forecast.
 
-    Writes {asset}_evaluation_metrics.json and {asset}_evaluation_plot.png; prints the metrics.
-    With a tracking URI they are logged to the run of the bundle's registered version.
+    Writes {asset}_evaluation_metrics.json and {asset}_evaluation_plot.png (BTC_4h_... for a
+    timeframe other than 1d); prints the metrics. With a tracking URI they are logged to the
+    run of the bundle's registered version.
 
     \b
     Example:
@@ -207,8 +210,9 @@ def evaluate(ctx: click.Context, model_path, scaler_path, horizon, **flags) -> N
 def tune(ctx: click.Context, end_date, **flags) -> None:
     """Search hyperparameters with Optuna over walk-forward cross-validation.
 
-    Resumes the stored study; writes {model}_{asset}_best_params.json and report plots.
-    With a tracking URI: one MLflow run per tune, a child run per trial.
+    Resumes the stored study; writes {model}_{asset}_best_params.json (gru_BTC_4h_... for a
+    timeframe other than 1d) and report plots. With a tracking URI: one MLflow run per tune,
+    a child run per trial.
 
     \b
     Example:
