@@ -339,7 +339,7 @@ def ingest_file(
     skip_invalid: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> IngestSummary:
-    """Validate a candle file and upsert it into the market table with its features.
+    """Validate a candle file and upsert its candles into the market table.
 
     Parameters
     ----------

@@ -1,8 +1,8 @@
 """A simple, honest backtest of one-step forecasts: trade the forecast's sign, pay a fee.
 
-:func:`run_backtest` takes what :func:`kallos_models.stages.evaluate.rolling_forecasts` returns at
-horizon 1 (one row per bar ``t``: ``actual`` = close of ``t``, ``forecast`` of that close,
-``origin_close`` = close of ``t - 1``) and trades it:
+:func:`run_backtest` takes what :func:`kallos_models.modelling.forecasting.rolling_forecasts`
+returns at horizon 1 (one row per bar ``t``: ``actual`` = close of ``t``, ``forecast`` of that
+close, ``origin_close`` = close of ``t - 1``) and trades it:
 
 - **Decision.** The forecast for bar ``t`` is made at the close of bar ``t - 1``. The position
   held over bar ``t`` is ``+1`` when ``log(forecast_t / origin_close_t) > threshold``, ``-1``
@@ -294,7 +294,7 @@ def backtest_curves(
     Parameters
     ----------
     forecasts
-        Output of :func:`kallos_models.stages.evaluate.rolling_forecasts` at horizon 1.
+        Output of :func:`kallos_models.modelling.forecasting.rolling_forecasts` at horizon 1.
     timeframe
         Bar size of the forecasts, e.g. ``1d``; the index must step by exactly one bar.
     config
@@ -333,8 +333,9 @@ def run_backtest(
     Parameters
     ----------
     forecasts
-        Output of :func:`kallos_models.stages.evaluate.rolling_forecasts` at horizon 1: columns
-        ``actual``, ``forecast`` and ``origin_close`` (``naive`` is not used), one row per bar.
+        Output of :func:`kallos_models.modelling.forecasting.rolling_forecasts` at horizon 1:
+        columns ``actual``, ``forecast`` and ``origin_close`` (``naive`` is not used), one row
+        per bar.
     timeframe
         Bar size of the forecasts, e.g. ``1d`` or ``4h``; sets the annualisation
         (:func:`bars_per_year`) and the bar spacing checked.

@@ -1,8 +1,9 @@
 """Rolling forecasts of a fitted model over a frame, in prices, beside naive persistence.
 
-The forecasting core under the stages: the tuner scores its folds, ``evaluate`` its hold-out
-window and ``predict`` tomorrow with these functions, so a fold score and a hold-out score
-mean the same thing. Darts and torch are imported inside the functions that need them.
+The forecasting core under the stages: the tuner scores its folds and ``evaluate`` its
+hold-out window with these functions (and a later ``predict`` stage will forecast the next
+bars with them), so a fold score and a hold-out score mean the same thing. Darts and torch
+are imported inside the functions that need them.
 """
 
 from __future__ import annotations
