@@ -30,3 +30,11 @@ class ModelError(KallosError):
 
 class ArtifactError(KallosError):
     """A model bundle is missing, tampered with, or would be overwritten."""
+
+
+class TrackingError(KallosError):
+    """MLflow refused a request, or a registry name, version or alias does not exist."""
+
+
+class PromotionError(KallosError):
+    """A version was not promoted: it fails a threshold, has no evaluation, or is retired."""

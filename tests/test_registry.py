@@ -150,7 +150,7 @@ def test_tune_train_evaluate_promote_rollback_archive(world: dict[str, str], tmp
     outputs = [o.model_id for o in train_run.outputs.model_outputs]
     assert [version.source] == [f"models:/{model_id}" for model_id in outputs]
     assert "READY" in str(client.get_logged_model(outputs[0]).status)
-    from kallos_models.modelling.bundles import sha256_file
+    from kallos_models.files import sha256_file
 
     manifest_path = Path(first["paths"]["manifest"])
     assert version.tags["manifest_sha256"] == sha256_file(manifest_path)

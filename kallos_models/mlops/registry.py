@@ -27,9 +27,10 @@ from pathlib import Path
 from typing import Any
 
 from kallos_models.config import Settings
-from kallos_models.errors import ConfigError, KallosError
+from kallos_models.errors import ConfigError, PromotionError, TrackingError
 from kallos_models.mlops import tracking
-from kallos_models.mlops.tracking import HOLDOUT, TAG_RETIRED, TrackingError
+from kallos_models.mlops.tracking import HOLDOUT, TAG_RETIRED
+from kallos_models.modelling.metrics import HEADLINE_METRICS
 
 logger = logging.getLogger(__name__)
 
@@ -51,10 +52,6 @@ DEFAULT_ALIAS = "champion"
 #: Registered model tag prefix holding the promotion history of an alias.
 HISTORY_TAG = "kallos.alias_history."
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
-
-
-class PromotionError(KallosError):
-    """A version was not promoted: it fails a threshold, has no evaluation, or is retired."""
 
 
 @dataclass(frozen=True)
@@ -200,7 +197,7 @@ def _row(name: str, mv: Any, aliases: dict[str, str]) -> dict[str, Any]:
         "created": None
         if created is None
         else datetime.fromtimestamp(created / 1000, timezone.utc).isoformat(timespec="seconds"),
-        **{key: _number(tags.get(f"{HOLDOUT}{key}")) for key in tracking.HEADLINE_METRICS},
+        **{key: _number(tags.get(f"{HOLDOUT}{key}")) for key in HEADLINE_METRICS},
         "test_start": tags.get(f"{HOLDOUT}test_start"),
         "test_end": tags.get(f"{HOLDOUT}test_end"),
         "tags": tags,
@@ -335,7 +332,7 @@ def promote(
                 f"evaluate --model-path models:/{name}/{mv.version} --asset-id ... "
                 "--test-start-date ... --test-end-date ... --tracking-uri ..."
             )
-        metrics = {key: row[key] for key in tracking.HEADLINE_METRICS}
+        metrics = {key: row[key] for key in HEADLINE_METRICS}
         failed = _failures(metrics, thresholds or Thresholds())
         if failed:
             raise PromotionError(f"{where} was not promoted to {alias!r}: {'; '.join(failed)}")
