@@ -22,6 +22,7 @@ __all__ = [
     "create_db_engine",
     "engine_options",
     "list_assets",
+    "make_engine",
     "mask_url",
     "read_market_frame",
     "resolve_url",
@@ -98,6 +99,40 @@ def engine_options(url: URL, *, schema: str | None = None) -> dict[str, Any]:
     return kwargs
 
 
+def make_engine(
+    db: str | URL | Mapping[str, Any], *, schema: str | None = None, autocommit: bool = False
+) -> Engine:
+    """The one engine factory: a SQLAlchemy engine with :func:`engine_options`, unconnected.
+
+    :func:`create_db_engine` (the market database) and the tune stage's Optuna storage both
+    make their engines here, then check the connection with their own messages.
+
+    Parameters
+    ----------
+    db
+        A URL or the seed's ``db_kwargs`` dict. No default.
+    schema : str or None, default None
+        PostgreSQL schema first on the ``search_path`` (see :func:`engine_options`).
+    autocommit : bool, default False
+        PostgreSQL ``AUTOCOMMIT`` isolation (for ``CREATE SCHEMA`` outside a transaction).
+
+    Raises
+    ------
+    DatabaseError
+        SQLAlchemy cannot use the URL (e.g. its driver is not installed); password masked.
+    """
+    url = resolve_url(db)
+    options = engine_options(url, schema=schema)
+    if autocommit and url.get_backend_name() == "postgresql":
+        options["isolation_level"] = "AUTOCOMMIT"
+    try:
+        return sa.create_engine(url, **options)
+    except Exception as exc:  # e.g. driver not installed for this dialect
+        raise DatabaseError(
+            f"cannot use database {mask_url(url)}: {scrub(str(exc), url)}"
+        ) from None
+
+
 def create_db_engine(db: str | URL | Mapping[str, Any], *, create_tables: bool = True) -> Engine:
     """Create an engine, check the connection, and create missing tables.
 
@@ -115,12 +150,7 @@ def create_db_engine(db: str | URL | Mapping[str, Any], *, create_tables: bool =
         URL with its password masked.
     """
     url = resolve_url(db)
-    try:
-        engine = sa.create_engine(url, **engine_options(url))
-    except Exception as exc:  # e.g. driver not installed for this dialect
-        raise DatabaseError(
-            f"cannot use database {mask_url(url)}: {scrub(str(exc), url)}"
-        ) from None
+    engine = make_engine(url)
     try:
         with engine.connect() as conn:
             conn.execute(sa.select(sa.literal(1)))

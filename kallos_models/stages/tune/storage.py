@@ -103,11 +103,8 @@ def connect_error(spec: StorageSpec, exc: BaseException) -> DatabaseError:
 
 def plain_engine(spec: StorageSpec) -> sa.Engine:
     """A SQLAlchemy engine on the storage (same search_path as Optuna's), checked to connect."""
-    kwargs = spec.engine_kwargs()
-    if spec.backend == "postgresql":
-        kwargs = {**kwargs, "isolation_level": "AUTOCOMMIT"}
     try:
-        engine = sa.create_engine(db.resolve_url(spec.url), **kwargs)
+        engine = db.make_engine(spec.url, schema=spec.schema, autocommit=True)
         with engine.connect() as conn:
             conn.execute(sa.select(sa.literal(1)))
     except Exception as exc:  # unreachable server, refused login, missing driver
