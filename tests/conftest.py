@@ -105,3 +105,10 @@ def _isolated_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
         if key.startswith(("KALLOS_", "POSTGRES_", "MLFLOW_")) and key != "KALLOS_TEST_PG_URL":
             monkeypatch.delenv(key, raising=False)
     monkeypatch.chdir(tmp_path)
+
+
+@pytest.fixture(autouse=True)
+def _cpu_trainer(_isolated_env: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every test trains on the CPU unless it passes another accelerator itself (a flag or a
+    settings value outranks the environment). Set after the isolation cleared KALLOS_*."""
+    monkeypatch.setenv("KALLOS_ACCELERATOR", "cpu")

@@ -1,8 +1,11 @@
-"""Small generated market data for tests that must always run."""
+"""Shared test tools: small generated market data, tiny model parameters, the CLI runner."""
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -108,8 +111,41 @@ TINY_PARAMS: dict[str, dict] = {
 }
 
 
-def tiny_params(model_name: str) -> dict:
-    return {**COMMON_TINY, **TINY_PARAMS[model_name]}
+def tiny_params(model_name: str, **overrides: Any) -> dict:
+    """Tiny hyperparameters for a registered model, with ``overrides`` over them.
+
+    An override of None removes the key (e.g. ``n_epochs=None``: the caller's max_epochs
+    decides how long to train).
+    """
+    params = {**COMMON_TINY, **TINY_PARAMS[model_name], **overrides}
+    return {k: v for k, v in params.items() if v is not None}
+
+
+def cpu_trainer_kwargs() -> dict:
+    """Fresh Lightning kwargs for a CPU trainer, as the package builds them."""
+    from kallos_models.modelling.fitting import build_trainer_kwargs
+
+    return build_trainer_kwargs(accelerator="cpu")
+
+
+# -- the CLI -------------------------------------------------------------------------------
+
+
+def run_cli(*args: str, quiet: bool = True, env: Mapping[str, str] | None = None):
+    """``kallos-run [-q] ARGS`` in-process; exceptions the CLI does not handle propagate."""
+    from click.testing import CliRunner
+
+    from kallos_models.cli import cli
+
+    argv = ["-q", *args] if quiet else list(args)
+    return CliRunner().invoke(cli, argv, env=env, catch_exceptions=False)
+
+
+def run_cli_json(*args: str, quiet: bool = True, env: Mapping[str, str] | None = None) -> Any:
+    """run_cli that must exit 0 (the output in the failure message); returns stdout's JSON."""
+    result = run_cli(*args, quiet=quiet, env=env)
+    assert result.exit_code == 0, result.output
+    return json.loads(result.stdout)
 
 
 def assert_error(result, *needles: str, code: int = 1) -> str:

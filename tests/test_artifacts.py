@@ -19,9 +19,10 @@ from kallos_models.modelling import bundles as artifacts
 from kallos_models.modelling import fitting as training
 from kallos_models.modelling.bundles import BundlePaths
 from kallos_models.modelling.series import PreparedSeries, prepare_darts_timeseries
+from tests.helpers import cpu_trainer_kwargs
 from tests.test_training import TINY_GRU, feature_frame, predict_one
 
-CPU = training.build_trainer_kwargs(accelerator="cpu")
+CPU = cpu_trainer_kwargs()
 MANIFEST = {"model_name": "gru", "asset_id": "BTC", "params": {"hidden_dim": 8}}
 
 

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from click.testing import CliRunner
 
-from kallos_models.cli import cli
 from kallos_models.data import db
 from kallos_models.data.binance_archive import ingest_binance_archive, month_range
 from kallos_models.errors import ConfigError
+from tests.helpers import run_cli, run_cli_json
 
 MONTHS = ["2024-10", "2024-11", "2024-12", "2025-01", "2025-02", "2025-03"]
 
@@ -135,12 +134,12 @@ def test_good_months_ingested_across_timestamp_unit_change(
 
 
 def test_missing_month_reported_and_gap_left(
-    archive_files: dict[str, bytes], sqlite_url: str, tmp_path: Path
+    archive_files: dict[str, bytes], db_url: str, tmp_path: Path
 ) -> None:
     files = {k: v for k, v in archive_files.items() if "2024-12" not in k}
     with FakeArchive(files) as fake:
         result = ingest_binance_archive(
-            db.create_db_engine(sqlite_url),
+            db.create_db_engine(db_url),
             "BTC",
             "BTCUSDT",
             "1d",
@@ -154,7 +153,7 @@ def test_missing_month_reported_and_gap_left(
 
 
 def test_corrupted_zip_refused_then_retried(
-    archive_files: dict[str, bytes], tmp_path: Path
+    archive_files: dict[str, bytes], db_url: str, tmp_path: Path
 ) -> None:
     files = dict(archive_files)
     bad = bytearray(files[_path("2025-02")])
@@ -173,8 +172,10 @@ def test_corrupted_zip_refused_then_retried(
             "2024-10",
             "--end",
             "2025-03",
+            "--db-url",
+            db_url,
         ]
-        result = CliRunner().invoke(cli, args, env=env)
+        result = run_cli(*args, quiet=False, env=env)
         assert result.exit_code == 1
         errors = [ln for ln in result.stderr.splitlines() if ln.startswith("Error:")]
         assert len(errors) == 1 and "2025-02" in errors[0] and "checksum" in errors[0]
@@ -185,9 +186,7 @@ def test_corrupted_zip_refused_then_retried(
         # the archive is repaired: only the refused month is downloaded again
         fake.files[_path("2025-02")] = archive_files[_path("2025-02")]
         fake.requests.clear()
-        again = CliRunner().invoke(cli, args, env=env)
-        assert again.exit_code == 0, again.output
-        out = json.loads(again.stdout)
+        out = run_cli_json(*args, quiet=False, env=env)
         assert out["downloaded"] == ["2025-02"] and len(out["from_cache"]) == 5
         assert out["ingest"]["inserted"] == 28
         zips = [p for p, _ in fake.requests if p.endswith(".zip")]
@@ -231,5 +230,5 @@ def test_month_range_validation() -> None:
 
 
 def test_cli_needs_exactly_one_source() -> None:
-    result = CliRunner().invoke(cli, ["ingest", "--asset-id", "BTC"])
+    result = run_cli("ingest", "--asset-id", "BTC", quiet=False)
     assert result.exit_code == 2 and "exactly one of --file" in result.stderr

@@ -5,17 +5,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from click.testing import CliRunner
-
-from kallos_models.cli import cli
 from kallos_models.data import db
+from tests.helpers import run_cli_json
 
 
 def test_demo_runs_the_whole_job_and_runs_again(tmp_path: Path) -> None:
-    args = ["-q", "demo", "--workdir", "work", "--n-trials", "2", "--max-epochs", "1"]
-    result = CliRunner().invoke(cli, args, catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    summary = json.loads(result.stdout)
+    args = ["demo", "--workdir", "work", "--n-trials", "2", "--max-epochs", "1"]
+    summary = run_cli_json(*args)
     work = tmp_path / "work"
     assert summary["synthetic"] is True
     assert Path(summary["params_path"]).is_file()
@@ -29,6 +25,4 @@ def test_demo_runs_the_whole_job_and_runs_again(tmp_path: Path) -> None:
     engine.dispose()
     assert listed["asset_id"] == "SYNTHETIC" and listed["rows"] == 1500
     # a scheduler may run it twice: the second run resumes the study and replaces the bundle
-    again = CliRunner().invoke(cli, args, catch_exceptions=False)
-    assert again.exit_code == 0, again.output
-    assert json.loads(again.stdout)["metrics_path"] == summary["metrics_path"]
+    assert run_cli_json(*args)["metrics_path"] == summary["metrics_path"]

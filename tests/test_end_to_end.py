@@ -11,19 +11,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from click.testing import CliRunner
 
-from kallos_models.cli import cli
 from kallos_models.data import db, ingest
 from kallos_models.modelling.zoo import model_names
-from tests.helpers import assert_error, tiny_params
+from tests.helpers import assert_error, run_cli, run_cli_json, tiny_params
 
 TRAIN_END = "2024-06-30"
 TEST_START, TEST_END = "2024-07-01", "2025-07-04"
-
-
-def run(*args: str):
-    return CliRunner().invoke(cli, ["-q", *args], catch_exceptions=False)
 
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
@@ -71,11 +65,14 @@ def btc_db(
         admin.dispose()
 
 
-def _train(tmp_path: Path, btc_db: str, model: str, params: dict | None = None, *extra: str):
+def _train_args(
+    tmp_path: Path, btc_db: str, model: str, params: dict | None = None, *extra: str
+) -> list[str]:
+    """`train` arguments for the model, its params file written under tmp_path."""
     tmp_path.mkdir(parents=True, exist_ok=True)
     params_file = tmp_path / f"{model}_params.json"
     params_file.write_text(json.dumps(params or tiny_params(model)))
-    return run(
+    return [
         "train",
         "--model-name",
         model,
@@ -90,21 +87,19 @@ def _train(tmp_path: Path, btc_db: str, model: str, params: dict | None = None, 
         "--db-url",
         btc_db,
         *extra,
-    )
+    ]
 
 
 @pytest.mark.parametrize("model", model_names())
 def test_train_then_evaluate_every_model(tmp_path: Path, btc_db: str, model: str) -> None:
-    trained = _train(tmp_path, btc_db, model)
-    assert trained.exit_code == 0, trained.output
-    paths = json.loads(trained.stdout)["paths"]
+    paths = run_cli_json(*_train_args(tmp_path, btc_db, model))["paths"]
     for role in ("model", "checkpoint", "scaler", "manifest"):
         assert Path(paths[role]).is_file(), role
     manifest = json.loads(Path(paths["manifest"]).read_text())
     assert manifest["train_end"] == "2024-06-30T00:00:00" and manifest["model_name"] == model
 
     out = tmp_path / "eval"
-    evaluated = run(
+    metrics = run_cli_json(
         "evaluate",
         "--model-name",
         model,
@@ -123,8 +118,6 @@ def test_train_then_evaluate_every_model(tmp_path: Path, btc_db: str, model: str
         "--db-url",
         btc_db,
     )
-    assert evaluated.exit_code == 0, evaluated.output
-    metrics = json.loads(evaluated.stdout)
     assert metrics["n"] == 369  # 2024-07-01 .. 2025-07-04, one forecast per day
     for key in ("rmse", "mae", "mape", "smape", "mase", "directional_accuracy", "rmse_ratio"):
         assert metrics[key] is not None and metrics[key] >= 0, key
@@ -145,31 +138,33 @@ def test_bad_inputs_for_train_and_evaluate(tmp_path: Path, btc_db: str) -> None:
     params.write_text(json.dumps(tiny_params("gru")))
     base = ["--end-date", TRAIN_END, "--output-path", str(tmp_path / "m"), "--db-url", btc_db]
     # unknown asset: the message lists the assets present
-    assert_error(run("train", "--asset-id", "BTX", "--params-file", str(params), *base), "BTC (1d)")
+    assert_error(
+        run_cli("train", "--asset-id", "BTX", "--params-file", str(params), *base), "BTC (1d)"
+    )
     # unknown model: the message lists the models
     assert_error(
-        run(
+        run_cli(
             "train", "--model-name", "gpt", "--asset-id", "BTC", "--params-file", str(params), *base
         ),
         "available: dlinear, gru",
     )
     # params file missing, not JSON, with a parameter the model does not take
     assert_error(
-        run("train", "--asset-id", "BTC", "--params-file", str(tmp_path / "none.json"), *base),
+        run_cli("train", "--asset-id", "BTC", "--params-file", str(tmp_path / "none.json"), *base),
         "none.json",
     )
     (tmp_path / "bad.json").write_text("{hidden_dim: 8")
     assert_error(
-        run("train", "--asset-id", "BTC", "--params-file", str(tmp_path / "bad.json"), *base),
+        run_cli("train", "--asset-id", "BTC", "--params-file", str(tmp_path / "bad.json"), *base),
         "JSON",
     )
     (tmp_path / "typo.json").write_text(json.dumps({**tiny_params("gru"), "hiden_dim": 8}))
     assert_error(
-        run("train", "--asset-id", "BTC", "--params-file", str(tmp_path / "typo.json"), *base),
+        run_cli("train", "--asset-id", "BTC", "--params-file", str(tmp_path / "typo.json"), *base),
         "hiden_dim",
     )
     # too few rows for the lookback plus one forecast: says how many are needed
-    few = run(
+    few = run_cli(
         "train",
         "--asset-id",
         "BTC",
@@ -187,8 +182,7 @@ def test_bad_inputs_for_train_and_evaluate(tmp_path: Path, btc_db: str) -> None:
     assert_error(few, "need")
     assert not (tmp_path / "m" / "gru_BTC.pt").exists()
 
-    trained = _train(tmp_path, btc_db, "gru")
-    paths = json.loads(trained.stdout)["paths"]
+    paths = run_cli_json(*_train_args(tmp_path, btc_db, "gru"))["paths"]
     ev = [
         "evaluate",
         "--asset-id",
@@ -202,13 +196,15 @@ def test_bad_inputs_for_train_and_evaluate(tmp_path: Path, btc_db: str) -> None:
     ]
     # leakage: a window starting inside the training range
     assert_error(
-        run(*ev, "--test-start-date", "2024-06-01", "--test-end-date", TEST_END), "leakage"
+        run_cli(*ev, "--test-start-date", "2024-06-01", "--test-end-date", TEST_END), "leakage"
     )
     # reversed window
-    assert_error(run(*ev, "--test-start-date", TEST_END, "--test-end-date", TEST_START), TEST_START)
+    assert_error(
+        run_cli(*ev, "--test-start-date", TEST_END, "--test-end-date", TEST_START), TEST_START
+    )
     # model file missing
     assert_error(
-        run(
+        run_cli(
             "evaluate",
             "--asset-id",
             "BTC",
@@ -224,11 +220,13 @@ def test_bad_inputs_for_train_and_evaluate(tmp_path: Path, btc_db: str) -> None:
         "x.pt",
     )
     # existing bundle without --overwrite
-    assert_error(_train(tmp_path, btc_db, "gru"), "--overwrite")
+    assert_error(run_cli(*_train_args(tmp_path, btc_db, "gru")), "--overwrite")
     # tampered bundle: refused before anything is unpickled
     scaler = Path(paths["scaler"])
     scaler.write_bytes(scaler.read_bytes() + b"\0")
-    assert_error(run(*ev, "--test-start-date", TEST_START, "--test-end-date", TEST_END), "checksum")
+    assert_error(
+        run_cli(*ev, "--test-start-date", TEST_START, "--test-end-date", TEST_END), "checksum"
+    )
     assert not (tmp_path / "e" / "BTC_evaluation_metrics.json").exists()
 
 
@@ -237,11 +235,11 @@ def test_same_seed_same_metrics(tmp_path: Path, btc_db: str) -> None:
         pytest.skip("reproducibility is a CPU property; checked once")
     results = []
     for attempt in ("a", "b"):
-        trained = _train(
-            tmp_path / attempt, btc_db, "gru", {**tiny_params("gru"), "n_epochs": 2}, "--seed", "7"
+        args = _train_args(
+            tmp_path / attempt, btc_db, "gru", tiny_params("gru", n_epochs=2), "--seed", "7"
         )
-        paths = json.loads(trained.stdout)["paths"]
-        evaluated = run(
+        paths = run_cli_json(*args)["paths"]
+        evaluated = run_cli_json(
             "evaluate",
             "--asset-id",
             "BTC",
@@ -256,6 +254,6 @@ def test_same_seed_same_metrics(tmp_path: Path, btc_db: str) -> None:
             "--output-path",
             str(tmp_path / attempt / "e"),
         )
-        results.append(json.loads(evaluated.stdout))
+        results.append(evaluated)
     assert results[0]["rmse"] == results[1]["rmse"]
     assert results[0]["directional_accuracy"] == results[1]["directional_accuracy"]

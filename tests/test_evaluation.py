@@ -10,25 +10,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from helpers import make_ohlcv, write_ohlcv_csv
 
 from kallos_models.errors import ArtifactError, ConfigError, DataError
 from kallos_models.files import safe_file_stem as safe_asset_name
 from kallos_models.modelling.forecasting import lookback_bars, rolling_forecasts
 from kallos_models.modelling.metrics import compute_metrics, diebold_mariano
 from kallos_models.stages.evaluate import plot_evaluation
+from tests.helpers import cpu_trainer_kwargs, make_ohlcv, tiny_params, write_ohlcv_csv
 
 INPUT_CHUNK = 12
 OUTPUT_CHUNK = 2
-TINY_GRU = {
-    "input_chunk_length": INPUT_CHUNK,
-    "output_chunk_length": OUTPUT_CHUNK,
-    "hidden_dim": 8,
-    "n_rnn_layers": 1,
-    "batch_size": 32,
-    "dropout": 0.0,
-}
-CPU_TRAINER = {"accelerator": "cpu", "enable_progress_bar": False, "logger": False}
+TINY_GRU = tiny_params(
+    "gru", input_chunk_length=INPUT_CHUNK, output_chunk_length=OUTPUT_CHUNK, batch_size=32
+)
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
 
@@ -50,7 +44,9 @@ def fitted() -> dict[str, Any]:
 
     frame = _feature_frame()
     prepared = prepare_darts_timeseries(frame.iloc[:200])
-    model = create_model("gru", TINY_GRU, trainer_kwargs=CPU_TRAINER, random_state=0, n_epochs=1)
+    model = create_model(
+        "gru", TINY_GRU, trainer_kwargs=cpu_trainer_kwargs(), random_state=0, n_epochs=1
+    )
     model.fit(series=prepared.train_target, past_covariates=prepared.train_covariates)
     return {"frame": frame, "model": model, "preprocessor": prepared.preprocessor}
 

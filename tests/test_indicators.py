@@ -3,17 +3,17 @@ databases of the first round, and runs at two timeframes side by side."""
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
 import talib
-from click.testing import CliRunner
 
-from kallos_models.cli import cli
 from kallos_models.data import datasets, db, ingest
 from kallos_models.data.features import (
     DEFAULT_INDICATORS,
@@ -24,7 +24,15 @@ from kallos_models.data.features import (
     warmup_bars,
 )
 from kallos_models.errors import ConfigError
-from tests.helpers import assert_error, make_ohlcv, write_binance_csv
+from kallos_models.stages import tune as tune_stage
+from tests.helpers import (
+    assert_error,
+    make_ohlcv,
+    run_cli,
+    run_cli_json,
+    tiny_params,
+    write_binance_csv,
+)
 
 # -- the spec ----------------------------------------------------------------------------------
 
@@ -123,8 +131,8 @@ def test_no_default_indicator_looks_ahead(source: str, request: pytest.FixtureRe
 # -- loading -----------------------------------------------------------------------------------
 
 
-def test_window_values_do_not_depend_on_where_it_starts(sqlite_url: str, tmp_path: Path) -> None:
-    engine = db.create_db_engine(sqlite_url)
+def test_window_values_do_not_depend_on_where_it_starts(db_url: str, tmp_path: Path) -> None:
+    engine = db.create_db_engine(db_url)
     ingest.ingest_file(engine, "BTC", "1d", write_binance_csv(make_ohlcv(900), tmp_path / "b.csv"))
     whole = datasets.load_features_from_db("BTC", None, engine)
     late = datasets.load_features_from_db("BTC", None, engine, start_date="2022-06-01")
@@ -169,51 +177,37 @@ def test_a_first_round_database_keeps_working(db_url: str, tmp_path: Path) -> No
 
 # -- one config line, end to end ---------------------------------------------------------------
 
-TINY = {
-    "hidden_dim": 8,
-    "n_rnn_layers": 1,
-    "dropout": 0.0,
-    "input_chunk_length": 8,
-    "batch_size": 16,
-    "n_epochs": 1,
-}
+TINY = tiny_params("gru", input_chunk_length=8)
 
 
-def run(*args: str):
-    return CliRunner().invoke(cli, ["-q", *args], catch_exceptions=False)
-
-
-def test_a_new_talib_indicator_is_one_config_line(sqlite_url: str, tmp_path: Path) -> None:
-    engine = db.create_db_engine(sqlite_url)
+def test_a_new_talib_indicator_is_one_config_line(db_url: str, tmp_path: Path) -> None:
+    engine = db.create_db_engine(db_url)
     ingest.ingest_file(engine, "BTC", "1d", write_binance_csv(make_ohlcv(420), tmp_path / "b.csv"))
     engine.dispose()  # ingested once; the new indicator needs no re-ingest
     (tmp_path / "params.json").write_text(json.dumps(TINY))
     config = {
         "indicators": {"cci_20": {"function": "CCI", "timeperiod": 20}},
         "feature_groups": {"bounded_features": ["rsi"], "unbounded_features": ["cci_20"]},
-        "accelerator": "cpu",
     }
     (tmp_path / "config.json").write_text(json.dumps(config))
-    trained = run(
-        "train", "--asset-id", "BTC", "--end-date", "2022-01-31", "--db-url", sqlite_url,
+    trained = run_cli_json(
+        "train", "--asset-id", "BTC", "--end-date", "2022-01-31", "--db-url", db_url,
         "--params-file", "params.json", "--output-path", "models",
     )  # fmt: skip
-    assert trained.exit_code == 0, trained.output
-    manifest = json.loads(Path(json.loads(trained.stdout)["paths"]["manifest"]).read_text())
+    manifest = json.loads(Path(trained["paths"]["manifest"]).read_text())
     assert manifest["indicators"] == {
         "rsi": {"function": "RSI", "timeperiod": 14},
         "cci_20": {"function": "CCI", "timeperiod": 20},
     }
     assert "cci_20" in manifest["feature_columns"]
     # evaluation recomputes the bundle's own columns: the config may change meanwhile
-    (tmp_path / "config.json").write_text(json.dumps({"accelerator": "cpu"}))
-    evaluated = run(
+    (tmp_path / "config.json").write_text(json.dumps({}))
+    evaluated = run_cli_json(
         "evaluate", "--asset-id", "BTC", "--model-path", "models/gru_BTC.pt",
         "--test-start-date", "2022-02-01", "--test-end-date", "2022-02-20",
-        "--db-url", sqlite_url, "--output-path", "eval",
+        "--db-url", db_url, "--output-path", "eval",
     )  # fmt: skip
-    assert evaluated.exit_code == 0, evaluated.output
-    assert json.loads(evaluated.stdout)["rmse"] > 0
+    assert evaluated["rmse"] > 0
 
 
 def test_a_bad_indicator_in_config_is_one_error_line(sqlite_url: str, tmp_path: Path) -> None:
@@ -224,7 +218,7 @@ def test_a_bad_indicator_in_config_is_one_error_line(sqlite_url: str, tmp_path: 
     (tmp_path / "config.json").write_text(
         json.dumps({"indicators": {"cci": {"function": "CCI", "window": 20}}})
     )
-    result = run(
+    result = run_cli(
         "train", "--asset-id", "BTC", "--end-date", "2021-06-30", "--db-url", sqlite_url,
         "--params-file", "params.json", "--output-path", "models",
     )  # fmt: skip
@@ -235,44 +229,88 @@ def test_a_bad_indicator_in_config_is_one_error_line(sqlite_url: str, tmp_path: 
 # -- timeframes never collide ------------------------------------------------------------------
 
 
+def _tiny_space(trial: Any, timeframe: str) -> dict[str, Any]:
+    return {**TINY, "input_chunk_length": trial.suggest_int("input_chunk_length", 8, 12)}
+
+
 def test_1d_and_4h_runs_in_one_folder_keep_both_and_both_evaluate(
-    sqlite_url: str, tmp_path: Path
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    engine = db.create_db_engine(sqlite_url)
+    """tune -> train -> evaluate of gru on BTC at 1d and at 4h into the same folders."""
+    # the CLI takes no search space: give the tune stage a tiny one
+    monkeypatch.setattr(
+        tune_stage, "tune", functools.partial(tune_stage.tune, search_space=_tiny_space)
+    )
+    engine = db.create_db_engine(db_url)
     ingest.ingest_file(engine, "BTC", "1d", write_binance_csv(make_ohlcv(420), tmp_path / "d.csv"))
-    four_hourly = make_ohlcv(600, freq="4h", start="2022-01-01", seed=1)
+    four_hourly = make_ohlcv(3000, freq="4h", start="2022-01-01", seed=1)
     ingest.ingest_file(engine, "BTC", "4h", write_binance_csv(four_hourly, tmp_path / "h.csv"))
     engine.dispose()
-    (tmp_path / "params.json").write_text(json.dumps(TINY))
-    windows = {
+    windows = {  # end of tuning and training, hold-out window
         "1d": ("2022-01-31", "2022-02-01", "2022-02-20"),
-        "4h": ("2022-03-31", "2022-04-01", "2022-04-10"),
+        "4h": ("2023-04-30", "2023-05-01", "2023-05-10"),
     }
+    studies = []
     for timeframe, (end, _, _) in windows.items():
-        trained = run(
-            "train", "--asset-id", "BTC", "--timeframe", timeframe, "--end-date", end,
-            "--db-url", sqlite_url, "--params-file", "params.json", "--output-path", "models",
-            "--accelerator", "cpu",
+        tuned = run_cli_json(
+            "tune", "--asset-id", "BTC", "--timeframe", timeframe, "--end-date", end,
+            "--db-url", db_url, "--n-trials", "1", "--max-epochs", "1", "--output-path", "out",
         )  # fmt: skip
-        assert trained.exit_code == 0, trained.output
-    names = sorted(p.name for p in (tmp_path / "models").iterdir())
-    assert names == sorted(
-        f"gru_BTC{tf}{suffix}"
-        for tf in ("", "_4h")
-        for suffix in (".pt", ".pt.ckpt", "_scaler.pkl", "_manifest.json")
-    )
+        studies.append(tuned["study_name"])
+        run_cli_json(
+            "train", "--asset-id", "BTC", "--timeframe", timeframe, "--end-date", end,
+            "--db-url", db_url, "--params-file", tuned["params_path"], "--output-path", "out",
+        )  # fmt: skip
+    assert studies == ["gru_BTC_1d", "gru_BTC_4h"]
     for timeframe, (_, test_start, test_end) in windows.items():
         stem = "gru_BTC" if timeframe == "1d" else "gru_BTC_4h"
-        evaluated = run(
-            "evaluate", "--asset-id", "BTC", "--model-path", f"models/{stem}.pt",
+        evaluated = run_cli_json(
+            "evaluate", "--asset-id", "BTC", "--model-path", f"out/{stem}.pt",
             "--test-start-date", test_start, "--test-end-date", test_end,
-            "--db-url", sqlite_url, "--output-path", "eval",
+            "--db-url", db_url, "--output-path", "out",
         )  # fmt: skip
-        assert evaluated.exit_code == 0, evaluated.output
-        assert json.loads(evaluated.stdout)["timeframe"] == timeframe
-    assert sorted(p.name for p in (tmp_path / "eval").iterdir()) == [
-        "BTC_4h_evaluation_metrics.json",
-        "BTC_4h_evaluation_plot.png",
-        "BTC_evaluation_metrics.json",
-        "BTC_evaluation_plot.png",
-    ]
+        assert evaluated["timeframe"] == timeframe
+    names = {p.name for p in (tmp_path / "out").iterdir()}
+    for tf in ("", "_4h"):
+        expected = {
+            f"gru_BTC{tf}{suffix}"
+            for suffix in (".pt", ".pt.ckpt", "_scaler.pkl", "_manifest.json", "_best_params.json")
+        } | {f"BTC{tf}_evaluation_metrics.json", f"BTC{tf}_evaluation_plot.png"}
+        assert expected <= names, sorted(expected - names)
+    params = {
+        tf: json.loads((tmp_path / f"out/gru_BTC{tf}_best_params.json").read_text())
+        for tf in ("", "_4h")
+    }
+    assert params[""]["timeframe"] == "1d" and params["_4h"]["timeframe"] == "4h"
+    manifests = {
+        tf: json.loads((tmp_path / f"out/gru_BTC{tf}_manifest.json").read_text())
+        for tf in ("", "_4h")
+    }
+    assert manifests[""]["timeframe"] == "1d" and manifests["_4h"]["timeframe"] == "4h"
+
+
+def test_a_bundle_from_before_indicators_were_data_still_evaluates(
+    sqlite_url: str, tmp_path: Path
+) -> None:
+    """A first-round manifest has no "indicators": evaluate uses the default spec's columns,
+    which are what the first round stored, and scores exactly as with the recorded spec."""
+    engine = db.create_db_engine(sqlite_url)
+    ingest.ingest_file(engine, "BTC", "1d", write_binance_csv(make_ohlcv(420), tmp_path / "b.csv"))
+    engine.dispose()
+    (tmp_path / "params.json").write_text(json.dumps(TINY))
+    trained = run_cli_json(
+        "train", "--asset-id", "BTC", "--end-date", "2022-01-31", "--db-url", sqlite_url,
+        "--params-file", "params.json", "--output-path", "models",
+    )  # fmt: skip
+    args = (
+        "evaluate", "--asset-id", "BTC", "--model-path", "models/gru_BTC.pt",
+        "--test-start-date", "2022-02-01", "--test-end-date", "2022-02-20",
+        "--db-url", sqlite_url, "--output-path", "eval",
+    )  # fmt: skip
+    with_spec = run_cli_json(*args)
+    manifest_path = Path(trained["paths"]["manifest"])
+    manifest = json.loads(manifest_path.read_text())
+    assert set(manifest.pop("indicators")) == {"rsi", "mfi", "macd_diff"}
+    manifest_path.write_text(json.dumps(manifest))
+    without = run_cli_json(*args)
+    assert without["rmse"] == with_spec["rmse"] and without["n_filled"] == with_spec["n_filled"]

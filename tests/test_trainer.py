@@ -16,18 +16,11 @@ from kallos_models.modelling import bundles as artifacts
 from kallos_models.modelling import fitting as training
 from kallos_models.modelling.zoo import get_spec, validate_params
 from kallos_models.stages import train as trainer
-from tests.helpers import make_ohlcv, write_binance_csv
+from tests.helpers import make_ohlcv, tiny_params, write_binance_csv
 
 N_BARS = 150
 END_DATE = "2021-05-01"  # 121 bars from 2021-01-01, about 72 after the indicator warm-up
-PARAMS = {
-    "hidden_dim": 8,
-    "n_rnn_layers": 1,
-    "dropout": 0.0,
-    "input_chunk_length": 10,
-    "batch_size": 16,
-    "n_epochs": 1,
-}
+PARAMS = tiny_params("gru", input_chunk_length=10)
 MANIFEST_KEYS = {
     "model_name",
     "darts_class",
@@ -66,7 +59,6 @@ def settings_for(url: str, out: Path, **changes: Any) -> Settings:
         "asset_id": "BTC",
         "model_name": "gru",
         "train_end_date": END_DATE,
-        "accelerator": "cpu",
         "output_path": str(out),
         **changes,
     }
@@ -140,7 +132,9 @@ def test_read_params_errors(tmp_path: Path, content: str | None, message: str) -
 def test_train_end_to_end(sqlite_url: str, tmp_path: Path) -> None:
     ingest_gbm(sqlite_url, tmp_path)
     out = tmp_path / "models"
-    result = trainer.train_model(settings_for(sqlite_url, out), PARAMS)
+    # learning_rate and output_chunk_length left out: the registry defaults fill them in
+    given = tiny_params("gru", input_chunk_length=10, learning_rate=None, output_chunk_length=None)
+    result = trainer.train_model(settings_for(sqlite_url, out), given)
 
     files = sorted(p.name for p in out.iterdir())
     assert files == [
@@ -158,7 +152,7 @@ def test_train_end_to_end(sqlite_url: str, tmp_path: Path) -> None:
     assert manifest["train_start"] == frame.index[0].isoformat()
     assert manifest["train_end"] == "2021-05-01T00:00:00"
     # the full hyperparameters: registry defaults with the given ones over them
-    assert manifest["params"] == {**get_spec("gru").defaults, **PARAMS}
+    assert manifest["params"] == {**get_spec("gru").defaults, **given}
     assert manifest["params"]["learning_rate"] == 1e-3
     # ... which is itself a valid params file
     reuse = tmp_path / "reuse.json"
@@ -214,7 +208,6 @@ def test_params_file_and_default_output(shared_db: str, tmp_path: Path) -> None:
             "db_url": shared_db,
             "asset_id": "BTC",
             "train_end_date": END_DATE,
-            "accelerator": "cpu",
             "max_epochs": 2,
         }
     )
@@ -258,15 +251,16 @@ def test_unknown_parameter_before_any_data(tmp_path: Path, monkeypatch: pytest.M
     assert not (tmp_path / "m").exists()
 
 
-def test_too_few_rows(shared_db: str, tmp_path: Path) -> None:
-    frame = datasets.load_features_from_db("BTC", END_DATE, shared_db)
+def test_too_few_rows(db_url: str, tmp_path: Path) -> None:
+    ingest_gbm(db_url, tmp_path)
+    frame = datasets.load_features_from_db("BTC", END_DATE, db_url)
     params = {**PARAMS, "input_chunk_length": 100}
     with pytest.raises(
         DataError,
         match=rf"has {len(frame)} usable rows up to {END_DATE}.*needs at least 102 "
         r"\(input_chunk_length 100 \+ output_chunk_length 1 \+ 1\)",
     ):
-        trainer.train_model(settings_for(shared_db, tmp_path / "m"), params)
+        trainer.train_model(settings_for(db_url, tmp_path / "m"), params)
     assert not (tmp_path / "m").exists()
 
 
@@ -278,9 +272,10 @@ def test_missing_end_date_and_asset(shared_db: str, tmp_path: Path) -> None:
         trainer.train_model(settings, PARAMS)
 
 
-def test_unknown_asset_names_those_present(shared_db: str, tmp_path: Path) -> None:
+def test_unknown_asset_names_those_present(db_url: str, tmp_path: Path) -> None:
+    ingest_gbm(db_url, tmp_path)
     with pytest.raises(DataError, match=r"'ETH' has no 1d rows.*BTC \(1d\)"):
-        trainer.train_model(settings_for(shared_db, tmp_path, asset_id="ETH"), PARAMS)
+        trainer.train_model(settings_for(db_url, tmp_path, asset_id="ETH"), PARAMS)
 
 
 def test_same_seed_same_bundle_predictions(shared_db: str, tmp_path: Path) -> None:

@@ -14,17 +14,11 @@ from kallos_models.errors import ConfigError, DataError, ModelError
 from kallos_models.modelling import bundles as artifacts
 from kallos_models.modelling import fitting as training
 from kallos_models.modelling.series import PreparedSeries, prepare_darts_timeseries
-from tests.helpers import make_ohlcv
+from tests.helpers import cpu_trainer_kwargs, make_ohlcv, tiny_params
 
-TINY_GRU = {
-    "hidden_dim": 8,
-    "n_rnn_layers": 1,
-    "dropout": 0.0,
-    "input_chunk_length": 10,
-    "batch_size": 16,
-    "learning_rate": 1e-3,
-}
-CPU = training.build_trainer_kwargs(accelerator="cpu")
+# no n_epochs: each test's max_epochs decides how long it trains
+TINY_GRU = tiny_params("gru", input_chunk_length=10, n_epochs=None)
+CPU = cpu_trainer_kwargs()
 
 
 def feature_frame(n: int = 160, seed: int = 0) -> pd.DataFrame:

@@ -78,7 +78,6 @@ def settings_for(url: str, **overrides: Any) -> Settings:
         "tune_end_date": END,
         "n_trials": 2,
         "max_epochs": 2,
-        "accelerator": "cpu",
         **overrides,
     }
     return resolve_settings(values)
@@ -113,15 +112,22 @@ def pg_data(pg_url: str, tmp_path: Path) -> str:
     return pg_url
 
 
+@pytest.fixture
+def db_data(db_url: str, tmp_path: Path) -> str:
+    """The bars on SQLite and on PostgreSQL; the study is stored in the same database."""
+    load_bars(db_url, tmp_path)
+    return db_url
+
+
 # --------------------------------------------------------------------------------------------
-# SQLite: params file, resume, exact trial counts
+# Both backends: params file, resume, exact trial counts, pruning
 # --------------------------------------------------------------------------------------------
 
 
-def test_sqlite_tune_writes_params_and_resumes_exactly(sqlite_data: str, tmp_path: Path) -> None:
+def test_tune_writes_params_and_resumes_exactly(db_data: str, tmp_path: Path) -> None:
     from kallos_models.stages.train import read_params_file
 
-    settings = settings_for(sqlite_data, output_path=str(tmp_path / "out"))
+    settings = settings_for(db_data, output_path=str(tmp_path / "out"))
     result = tuner.tune(settings, search_space=tiny_space)
     assert finished(result.study) == 2 and result.summary["n_new_trials"] == 2
     path = tmp_path / "out" / "gru_BTC_best_params.json"
@@ -169,7 +175,7 @@ def test_sqlite_tune_writes_params_and_resumes_exactly(sqlite_data: str, tmp_pat
     assert len(more.study.trials) == 3 and finished(more.study) == 3
     assert more.summary["trial_counts"]["COMPLETE"] == 3
 
-    rows = tuner.list_studies(sqlite_data)
+    rows = tuner.list_studies(db_data)
     assert [r["name"] for r in rows] == ["gru_BTC_1d"]
     assert rows[0]["trials"]["COMPLETE"] == 3 and rows[0]["model_name"] == "gru"
     assert rows[0]["best_value"] == pytest.approx(more.study.best_value)
@@ -202,9 +208,9 @@ def test_no_fold_preprocessor_sees_validation_rows(
             assert fit_max == val_start - pd.Timedelta("1D")  # all training rows, no more
 
 
-def test_a_worse_trial_is_pruned_between_folds(sqlite_data: str) -> None:
+def test_a_worse_trial_is_pruned_between_folds(db_data: str) -> None:
     pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
-    result = tuner.tune(settings_for(sqlite_data), search_space=good_then_bad_space, pruner=pruner)
+    result = tuner.tune(settings_for(db_data), search_space=good_then_bad_space, pruner=pruner)
     first, second = result.study.trials
     assert first.state == TrialState.COMPLETE and len(first.intermediate_values) == 3
     assert second.state == TrialState.PRUNED
@@ -254,13 +260,13 @@ def test_bad_inputs_fail_before_any_trial(sqlite_data: str, tmp_path: Path) -> N
     assert not list(tmp_path.glob("*_best_params.json"))
 
 
-def test_too_little_data_says_how_much_is_needed(sqlite_url: str, tmp_path: Path) -> None:
-    load_bars(sqlite_url, tmp_path, n_bars=250)  # 201 rows after warm-up
+def test_too_little_data_says_how_much_is_needed(db_url: str, tmp_path: Path) -> None:
+    load_bars(db_url, tmp_path, n_bars=250)  # 201 rows after warm-up
     with pytest.raises(DataError) as err:
-        tuner.tune(settings_for(sqlite_url), search_space=tiny_space)
+        tuner.tune(settings_for(db_url), search_space=tiny_space)
     msg = str(err.value)
     assert "BTC" in msg and "201 rows are too few" in msg and "at least 251" in msg
-    assert tuner.list_studies(sqlite_url) == []
+    assert tuner.list_studies(db_url) == []
 
 
 # --------------------------------------------------------------------------------------------
@@ -410,7 +416,6 @@ def test_run_tuning_notebook_call_honours_the_environment(
     pg_data: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("KALLOS_MAX_EPOCHS", "1")
-    monkeypatch.setenv("KALLOS_ACCELERATOR", "cpu")
     url = sa.make_url(pg_data)
     db_kwargs = {
         "postgres_user": url.username,
