@@ -74,6 +74,10 @@ def test_a_talib_function_with_parameters_and_an_output() -> None:
         ({"function": "RSI", "transform": "log"}, ["transform 'log'", "per_close"]),
         ({"function": "RSI", "timeperiod": "fourteen"}, ["'x'", "RSI"]),
         ({"function": "calendar", "part": "year_sin"}, ["calendar part", "hour_sin"]),
+        ({"function": "realized_vol", "window": "20"}, ["realized_vol parameter window", "number"]),
+        ({"function": "realized_vol", "window": 1.5}, ["whole number >= 2"]),
+        ({"function": "bb_width", "nbdev": 0}, ["nbdev must be above 0"]),
+        ({"function": "RSI", "timeperiod": 1}, ["'x'", "RSI", "Bad Parameter"]),
         ({"timeperiod": 20}, ['must be an object with a "function"']),
     ],
 )

@@ -127,6 +127,13 @@ FEATURE_GROUPS: dict[str, tuple[str, ...]] = {
 FEATURE_COLUMNS: tuple[str, ...] = tuple(DEFAULT_INDICATORS)
 
 
+#: A few bars of made-up candles on which every entry is computed once when it is checked.
+_PROBE = {
+    name: np.linspace(1.0, 2.0, 64) * (1.0 + 0.01 * offset)
+    for offset, name in enumerate(CANDLE_INPUTS)
+}
+
+
 def _talib_abstract() -> Any:  # imported lazily: keeps `kallos-run --help` fast
     from talib import abstract
 
@@ -184,13 +191,27 @@ def _check_entry(column: str, entry: Any) -> dict[str, Any]:
             f"its parameters: {valid}"
         )
     for key, value in entry.items():
-        if isinstance(value, bool) or not isinstance(value, (int, float, str)):
-            raise ConfigError(f"indicator {column!r}: {key} must be a number, got {value!r}")
-    if function == "calendar" and entry.get("part", "hour_sin") not in CALENDAR_PARTS:
-        raise ConfigError(
-            f"indicator {column!r}: calendar part {entry.get('part')!r} is not one of "
-            f"{', '.join(CALENDAR_PARTS)}"
-        )
+        if function == "calendar":
+            if value not in CALENDAR_PARTS:
+                raise ConfigError(
+                    f"indicator {column!r}: calendar part {value!r} is not one of "
+                    f"{', '.join(CALENDAR_PARTS)}"
+                )
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(
+                f"indicator {column!r}: {function} parameter {key} must be a number, got {value!r}"
+            )
+        if function in BUILTINS and key in ("window", "timeperiod"):
+            if not float(value).is_integer() or value < 2:
+                raise ConfigError(
+                    f"indicator {column!r}: {function} parameter {key} must be a whole number "
+                    f">= 2, got {value!r}"
+                )
+        if function in BUILTINS and key == "nbdev" and not value > 0:
+            raise ConfigError(
+                f"indicator {column!r}: {function} parameter nbdev must be above 0, got {value!r}"
+            )
     if len(outputs) > 1 and output not in outputs:
         raise ConfigError(
             f'indicator {column!r}: {function} has several outputs; name one with "output": '
@@ -206,6 +227,7 @@ def _check_entry(column: str, entry: Any) -> dict[str, Any]:
         try:
             fn.set_parameters(**entry)
             int(fn.lookback)
+            fn(_PROBE, **entry)  # TA-Lib checks some ranges only when it computes
         except Exception as exc:  # TA-Lib's own type/range checks
             raise ConfigError(f"indicator {column!r}: {function}{entry}: {exc}") from None
     normalised: dict[str, Any] = {"function": function, **entry}
