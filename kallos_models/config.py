@@ -193,12 +193,15 @@ def _coerce(name: str, value: Any, source: str) -> Any:
 
 def _build(values: Mapping[str, Any], source: str) -> Settings:
     kwargs = {k: _coerce(k, v, source) for k, v in values.items()}
+    if "timeframe" in kwargs:
+        kwargs["timeframe"] = normalise_timeframe(kwargs["timeframe"])
     settings = Settings(**kwargs)
     _validate(settings)
     return settings
 
 
 def _validate(s: Settings) -> None:
+    normalise_timeframe(s.timeframe)  # a bad bar size fails here, naming it
     if s.n_trials < 1:
         raise ConfigError(f"n_trials must be at least 1, got {s.n_trials}")
     if s.workers < 1:
@@ -374,6 +377,45 @@ def resolve_settings(
 
 
 _TIMEFRAME_UNITS = {"m": "min", "h": "h", "d": "D", "w": "W"}
+_MINUTES = {"m": 1, "h": 60, "d": 24 * 60, "w": 7 * 24 * 60}
+#: The longest bar size accepted: 52 weeks (anything longer is a typo, and would overflow).
+MAX_TIMEFRAME_MINUTES = 52 * 7 * 24 * 60
+
+
+def _timeframe_minutes(timeframe: str) -> int:
+    text = str(timeframe).strip()
+    unit = text[-1:]  # case-sensitive: Binance writes 1M for a month, 1m for a minute
+    count = text[:-1]
+    if unit not in _TIMEFRAME_UNITS or not count.isdigit() or int(count) < 1:
+        raise ConfigError(
+            f"timeframe {timeframe!r} is not a bar size; write it like 15m, 1h, 4h, 1d or 1w"
+        )
+    minutes = int(count) * _MINUTES[unit]
+    if minutes > MAX_TIMEFRAME_MINUTES:
+        raise ConfigError(
+            f"timeframe {timeframe!r} is longer than the longest bar size accepted (52w); "
+            "write it like 15m, 1h, 4h, 1d or 1w"
+        )
+    return minutes
+
+
+def normalise_timeframe(timeframe: str) -> str:
+    """The one spelling of a bar size: ``24h``, ``1440m`` and ``0001d`` are all ``1d``.
+
+    The largest whole unit wins (weeks, then days, hours, minutes): ``7d`` is ``1w``, ``120m``
+    is ``2h``, ``90m`` stays ``90m``. Data, files, studies and models are keyed by it, so one
+    bar size is never stored or named twice.
+
+    Raises
+    ------
+    ConfigError
+        Not ``<number><m|h|d|w>``, or longer than 52 weeks.
+    """
+    minutes = _timeframe_minutes(timeframe)
+    for unit in ("w", "d", "h"):
+        if minutes % _MINUTES[unit] == 0:
+            return f"{minutes // _MINUTES[unit]}{unit}"
+    return f"{minutes}m"
 
 
 def timeframe_to_timedelta(timeframe: str) -> pd.Timedelta:
@@ -382,18 +424,9 @@ def timeframe_to_timedelta(timeframe: str) -> pd.Timedelta:
     Raises
     ------
     ConfigError
-        The string is not ``<number><m|h|d|w>``.
+        The string is not ``<number><m|h|d|w>``, or it is longer than 52 weeks.
     """
-    text = str(timeframe).strip()
-    unit = text[-1:]  # case-sensitive: Binance writes 1M for a month, 1m for a minute
-    count = text[:-1]
-    if unit not in _TIMEFRAME_UNITS or not count.isdigit() or int(count) < 1:
-        raise ConfigError(
-            f"timeframe {timeframe!r} is not a bar size; write it like 15m, 1h, 4h, 1d or 1w"
-        )
-    if unit == "w":
-        return pd.Timedelta(days=7 * int(count))
-    return pd.Timedelta(int(count), unit=_TIMEFRAME_UNITS[unit])
+    return pd.Timedelta(minutes=_timeframe_minutes(timeframe))
 
 
 def timeframe_to_freq(timeframe: str) -> str:

@@ -155,3 +155,22 @@ def test_mask_url_hides_a_password_containing_at() -> None:
         mask_url("postgresql://kallos:p@ss@127.0.0.1:1/db")
         == "postgresql://kallos:***@127.0.0.1:1/db"
     )
+
+
+@pytest.mark.parametrize(
+    ("written", "normal"),
+    [("24h", "1d"), ("1440m", "1d"), ("0001d", "1d"), ("7d", "1w"), ("120m", "2h"), ("90m", "90m")],
+)
+def test_equal_timeframes_have_one_spelling(written: str, normal: str) -> None:
+    from kallos_models.config import normalise_timeframe
+
+    assert normalise_timeframe(written) == normal
+    assert resolve_settings({"timeframe": written}, environ={}).timeframe == normal
+
+
+@pytest.mark.parametrize("absurd", ["99999999999999999999d", "53w", "600000h"])
+def test_an_absurd_timeframe_is_a_config_error_not_an_overflow(absurd: str) -> None:
+    with pytest.raises(ConfigError, match="longer than the longest bar size accepted"):
+        timeframe_to_timedelta(absurd)
+    with pytest.raises(ConfigError, match="52w"):
+        resolve_settings({"timeframe": absurd}, environ={})

@@ -235,3 +235,28 @@ def test_wrong_timeframe_refused_even_with_skip_invalid(tmp_path: Path, sqlite_u
             engine, "BTC", "1d", write_ohlcv_csv(bars, tmp_path / "4h.csv"), skip_invalid=True
         )
     assert _count(engine) == 0
+
+
+def test_equal_timeframes_are_stored_once(db_url: str, tmp_path: Path) -> None:
+    """24h, 1440m and 0001d on daily bars are the 1d bars already stored, not three copies."""
+    engine = db.create_db_engine(db_url)
+    path = write_binance_csv(make_ohlcv(60), tmp_path / "d.csv")
+    first = ingest.ingest_file(engine, "BTC", "1d", path)
+    assert first.inserted == 60
+    for spelling in ("24h", "1440m", "0001d"):
+        again = ingest.ingest_file(engine, "BTC", spelling, path)
+        assert again.timeframe == "1d" and again.inserted == 0 and again.rows_written == 0
+    assert [(a["timeframe"], a["rows"]) for a in db.list_assets(engine)] == [("1d", 60)]
+    frame = datasets.load_features_from_db("BTC", None, engine, timeframe="24h", drop_warmup=False)
+    assert len(frame) == 60
+    engine.dispose()
+
+
+def test_an_absurd_timeframe_on_the_command_line_is_one_error_line(tmp_path: Path) -> None:
+    from tests.helpers import assert_error, run_cli
+
+    path = write_binance_csv(make_ohlcv(10), tmp_path / "d.csv")
+    result = run_cli(
+        "ingest", "--asset-id", "BTC", "--timeframe", "99999999999999999d", "--file", str(path)
+    )
+    assert_error(result, "timeframe '99999999999999999d'", "52w")

@@ -18,6 +18,7 @@ import pandas as pd
 from sqlalchemy.engine import URL, Engine
 
 from kallos_models.config import (
+    normalise_timeframe,
     parse_date,
     timeframe_to_freq,
     timeframe_to_timedelta,
@@ -105,6 +106,7 @@ def load_features_from_db(
     ConfigError
         A bad indicator spec.
     """
+    timeframe = normalise_timeframe(timeframe)
     start = parse_date(start_date, "start_date")
     end = parse_date(end_date, "end_date")
     if start is not None and end is not None and start > end:

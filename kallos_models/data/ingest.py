@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from kallos_models.config import timeframe_to_timedelta
+from kallos_models.config import normalise_timeframe, timeframe_to_timedelta
 from kallos_models.data import db
 from kallos_models.errors import DataError
 
@@ -406,7 +406,7 @@ def ingest_frame(
     path = source
     if not str(asset_id).strip():
         raise DataError("asset id is empty; pass --asset-id, e.g. --asset-id BTC")
-    timeframe_to_timedelta(timeframe)
+    timeframe = normalise_timeframe(timeframe)  # 24h and 1440m are stored as 1d
     _check_bar_size(parse_open_times(raw["open_time"]), timeframe, path)
     valid, rejected, duplicates = validate_candles(raw, timeframe, first_line=first_line)
     reason_counts = dict(Counter(r["reason"] for r in rejected))
