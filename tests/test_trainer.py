@@ -16,7 +16,7 @@ from kallos_models.modelling import bundles as artifacts
 from kallos_models.modelling import fitting as training
 from kallos_models.modelling.zoo import get_spec, validate_params
 from kallos_models.stages import train as trainer
-from tests.helpers import make_ohlcv, tiny_params, write_binance_csv
+from tests.helpers import assert_error, make_ohlcv, run_cli, tiny_params, write_binance_csv
 
 N_BARS = 150
 END_DATE = "2021-05-01"  # 121 bars from 2021-01-01, about 72 after the indicator warm-up
@@ -249,6 +249,25 @@ def test_unknown_parameter_before_any_data(tmp_path: Path, monkeypatch: pytest.M
     with pytest.raises(ModelError, match="'hidden_size' is not accepted by model 'gru'"):
         trainer.train_model(settings_for(missing_db, tmp_path / "m"), {**PARAMS, "hidden_size": 8})
     assert not (tmp_path / "m").exists()
+
+
+@pytest.mark.parametrize(
+    ("value", "shown"),
+    [('"eight"', "'eight'"), ("8.5", "8.5"), ("-8", "-8"), ("true", "True"), ("[8, 8]", "[8, 8]")],
+)
+def test_a_params_file_with_a_wrong_type_is_one_error_line_before_any_data(
+    tmp_path: Path, value: str, shown: str
+) -> None:
+    """A value Darts would choke on (or silently coerce: true as 1) never reaches it."""
+    path = tmp_path / "params.json"
+    path.write_text('{"hidden_dim": ' + value + ', "input_chunk_length": 10, "n_epochs": 1}')
+    missing_db = f"sqlite:///{(tmp_path / 'nowhere' / 'none.db').as_posix()}"
+    result = run_cli(
+        "train", "--asset-id", "BTC", "--end-date", END_DATE, "--db-url", missing_db,
+        "--params-file", str(path), "--output-path", "models",
+    )  # fmt: skip
+    assert_error(result, "hidden_dim must be an integer >= 1", f"got {shown}")
+    assert not (tmp_path / "models").exists() and not (tmp_path / "nowhere").exists()
 
 
 def test_too_few_rows(db_url: str, tmp_path: Path) -> None:

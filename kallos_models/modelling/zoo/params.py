@@ -87,6 +87,7 @@ def _check_values(spec: ModelSpec, kwargs: Mapping[str, Any]) -> None:
     dropout = kwargs.get("dropout")
     if dropout is not None and not (_is_number(dropout) and 0 <= float(dropout) < 1):
         raise ModelError(f"{prefix} dropout must be a number in [0, 1), got {dropout!r}")
+    _check_types_against_defaults(spec, kwargs, prefix)
     for constraint in spec.constraints:
         if constraint.violated(kwargs):
             raise ModelError(
@@ -94,6 +95,34 @@ def _check_values(spec: ModelSpec, kwargs: Mapping[str, Any]) -> None:
                 f"{constraint.left}={kwargs[constraint.left]!r}, "
                 f"{constraint.right}={kwargs[constraint.right]!r}"
             )
+
+
+#: Parameters checked above with their own rule.
+_CHECKED_ALONE = frozenset({*_POSITIVE_INT_PARAMS, "learning_rate", "dropout"})
+#: Integer parameters Darts also takes as one integer per stack.
+_INT_OR_LIST_PARAMS = frozenset({"layer_widths"})
+
+
+def _check_types_against_defaults(spec: ModelSpec, kwargs: Mapping[str, Any], prefix: str) -> None:
+    """A value of the zoo's type for every parameter the zoo gives a default: an integer >= 1
+    where the default is an integer (``"eight"``, ``8.5``, ``-8`` and ``true`` are refused, not
+    passed on to Darts), a finite number >= 0 where it is a number, true/false where it is."""
+    for name, default in spec.defaults.items():
+        if name not in kwargs or name in _CHECKED_ALONE:
+            continue
+        value = kwargs[name]
+        if isinstance(default, bool):
+            if not isinstance(value, bool):
+                raise ModelError(f"{prefix} {name} must be true or false, got {value!r}")
+        elif isinstance(default, numbers.Integral):
+            whole = _is_int(value) and int(value) >= 1
+            if name in _INT_OR_LIST_PARAMS and isinstance(value, (list, tuple)):
+                whole = bool(value) and all(_is_int(v) and int(v) >= 1 for v in value)
+            if not whole:
+                raise ModelError(f"{prefix} {name} must be an integer >= 1, got {value!r}")
+        elif isinstance(default, numbers.Real):
+            if not (_is_number(value) and math.isfinite(float(value)) and float(value) >= 0):
+                raise ModelError(f"{prefix} {name} must be a number >= 0, got {value!r}")
 
 
 def _apply_fixed(merged: dict[str, Any], fixed: Mapping[str, Any], model_name: str) -> None:
