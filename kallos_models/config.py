@@ -43,6 +43,14 @@ DEFAULT_FEATURE_GROUPS: dict[str, list[str]] = {
     "unbounded_features": ["macd_diff"],
 }
 
+#: Lightning accelerators kallos-models passes on (``auto``: a CUDA GPU when one is visible).
+ACCELERATORS: tuple[str, ...] = ("auto", "cpu", "gpu", "cuda", "mps")
+#: Lightning 2 precision names (its ``_PRECISION_INPUT_STR``), plus the short legacy forms.
+PRECISIONS: tuple[str, ...] = (
+    "64-true", "32-true", "16-true", "bf16-true", "16-mixed", "bf16-mixed",
+    "transformer-engine", "transformer-engine-float16", "64", "32", "16", "bf16",
+)  # fmt: skip
+
 #: The seed's db_kwargs keys, and the environment variable for each.
 DB_KWARGS_KEYS: tuple[str, ...] = (
     "postgres_user",
@@ -202,6 +210,22 @@ def _build(values: Mapping[str, Any], source: str) -> Settings:
 
 def _validate(s: Settings) -> None:
     normalise_timeframe(s.timeframe)  # a bad bar size fails here, naming it
+    if s.accelerator not in ACCELERATORS:
+        raise ConfigError(
+            f"accelerator {s.accelerator!r} is not one of {', '.join(ACCELERATORS)} "
+            "(--accelerator, KALLOS_ACCELERATOR); auto trains on a GPU when there is one"
+        )
+    if s.precision is not None and s.precision not in PRECISIONS:
+        raise ConfigError(
+            f"precision {s.precision!r} is not one of {', '.join(PRECISIONS)} (--precision, "
+            "KALLOS_PRECISION); leave it unset to match the data (32-bit)"
+        )
+    devices = str(s.devices).strip()
+    if not (devices == "auto" or devices == "-1" or all(p.isdigit() for p in devices.split(","))):
+        raise ConfigError(
+            f"devices {s.devices!r} is not auto, a count (1) or a list of device indices (0,1) "
+            "(--devices, KALLOS_DEVICES)"
+        )
     if s.n_trials < 1:
         raise ConfigError(f"n_trials must be at least 1, got {s.n_trials}")
     if s.workers < 1:

@@ -174,3 +174,19 @@ def test_an_absurd_timeframe_is_a_config_error_not_an_overflow(absurd: str) -> N
         timeframe_to_timedelta(absurd)
     with pytest.raises(ConfigError, match="52w"):
         resolve_settings({"timeframe": absurd}, environ={})
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "needle"),
+    [
+        ("accelerator", "tpu9", "accelerator 'tpu9' is not one of auto, cpu, gpu"),
+        ("precision", "17-mixed", "precision '17-mixed' is not one of 64-true"),
+        ("devices", "two", "devices 'two' is not auto"),
+    ],
+)
+def test_trainer_choices_are_checked_where_they_enter(key: str, value: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        resolve_settings({key: value}, environ={})
+    assert (
+        resolve_settings({"precision": "bf16-mixed", "devices": "0,1"}, environ={}).devices == "0,1"
+    )

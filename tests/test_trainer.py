@@ -270,6 +270,21 @@ def test_a_params_file_with_a_wrong_type_is_one_error_line_before_any_data(
     assert not (tmp_path / "models").exists() and not (tmp_path / "nowhere").exists()
 
 
+def test_a_gpu_on_a_machine_without_one_is_one_error_line_before_any_data(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a CUDA device")
+    (tmp_path / "params.json").write_text(json.dumps(PARAMS))
+    missing_db = f"sqlite:///{(tmp_path / 'nowhere' / 'none.db').as_posix()}"
+    result = run_cli(
+        "train", "--asset-id", "BTC", "--end-date", END_DATE, "--db-url", missing_db,
+        "--params-file", "params.json", "--output-path", "models", "--accelerator", "gpu",
+    )  # fmt: skip
+    assert_error(result, "--accelerator gpu, but torch sees no CUDA device", "--accelerator auto")
+    assert not (tmp_path / "models").exists() and not (tmp_path / "nowhere").exists()
+
+
 def test_too_few_rows(db_url: str, tmp_path: Path) -> None:
     ingest_gbm(db_url, tmp_path)
     frame = datasets.load_features_from_db("BTC", END_DATE, db_url)

@@ -33,6 +33,29 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def check_accelerator(accelerator: str) -> None:
+    """Refuse, before any work starts, an accelerator this machine does not have.
+
+    Raises
+    ------
+    ConfigError
+        ``gpu``/``cuda`` without a CUDA device torch can see, or ``mps`` without Apple's MPS.
+    """
+    if accelerator in ("gpu", "cuda") and not cuda_available():
+        raise ConfigError(
+            f"--accelerator {accelerator}, but torch sees no CUDA device on this machine; use "
+            "--accelerator auto (a GPU when there is one, else the CPU) or cpu"
+        )
+    if accelerator == "mps":
+        import torch
+
+        if not torch.backends.mps.is_available():
+            raise ConfigError(
+                "--accelerator mps, but Apple's MPS is not available on this machine; use "
+                "--accelerator auto or cpu"
+            )
+
+
 def build_trainer_kwargs(
     *,
     accelerator: str = "auto",

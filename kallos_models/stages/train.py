@@ -248,6 +248,7 @@ def train_model(
     checked = zoo.validate_params(model_name, used_params, random_state=s.trainer.seed)
     input_chunk_length = int(checked["input_chunk_length"])
     output_chunk_length = int(checked["output_chunk_length"])
+    fitting.check_accelerator(s.trainer.accelerator)  # before any data is read
 
     paths = bundles.bundle_paths(s.output_dir, model_name, s.asset_id, s.timeframe)
     bundles.check_overwrite(paths, overwrite=overwrite)

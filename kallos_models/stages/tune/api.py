@@ -23,7 +23,7 @@ from kallos_models.config import Settings
 from kallos_models.data import datasets, db
 from kallos_models.data.features import resolve_indicators
 from kallos_models.errors import ConfigError, DataError, ModelError
-from kallos_models.modelling import zoo
+from kallos_models.modelling import fitting, zoo
 from kallos_models.stage_settings import TuneSettings, tune_settings
 from kallos_models.stages.tune.objective import Job, SearchSpaceFn, owner_tag, prepare, replace_job
 from kallos_models.stages.tune.quiet import quiet
@@ -246,6 +246,7 @@ def tune(
     started = time.time()
     zoo.get_spec(settings.model_name)  # unknown model: ModelError listing the names
     settings = settings if isinstance(settings, TuneSettings) else tune_settings(settings)
+    fitting.check_accelerator(settings.trainer.accelerator)  # before any data is read
     storage_spec = storage_spec_for(settings)
     max_lookback = zoo.max_input_chunk_length(settings.model_name, settings.timeframe)
     indicators = resolve_indicators(settings.features.indicators)  # bad entries fail now
