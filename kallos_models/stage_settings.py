@@ -16,6 +16,7 @@ from it here, holding only what that stage reads:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,7 +198,24 @@ class TrainerSettings:
 
 
 def _output_dir(settings: Settings, stage: str) -> Path:
-    return Path(settings.output_path) if settings.output_path else DEFAULT_OUTPUT_DIRS[stage]
+    """The folder the stage writes to, checked now (not after a whole fit): it must be a
+    folder, or not exist yet below a folder this process may write in."""
+    out = Path(settings.output_path) if settings.output_path else DEFAULT_OUTPUT_DIRS[stage]
+    existing = out
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if existing.exists() and not existing.is_dir():
+        where = "is a file" if existing == out else f"is below the file {existing}"
+        raise ConfigError(
+            f"--output-path {out} {where}; pass a folder (output_path in config.json, "
+            "KALLOS_OUTPUT_PATH in the environment)"
+        )
+    if existing.exists() and not os.access(existing, os.W_OK | os.X_OK):
+        raise ConfigError(
+            f"--output-path {out}: {existing} is not writable by this user; pass a folder you "
+            "may write in"
+        )
+    return out
 
 
 def _date(settings: Settings, key: str) -> pd.Timestamp | None:

@@ -343,3 +343,20 @@ def test_gpu_training_loads_on_cpu(
     assert all(p.device.type == "cpu" for p in bundle.model.model.parameters())
     on_cpu = predict(bundle)
     np.testing.assert_allclose(on_cpu, on_gpu, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("target", ["file", "below a file"])
+def test_an_output_path_that_is_a_file_is_refused_before_any_data(
+    tmp_path: Path, target: str
+) -> None:
+    (tmp_path / "taken").write_text("not a folder")
+    out = "taken" if target == "file" else "taken/models"
+    (tmp_path / "params.json").write_text(json.dumps(PARAMS))
+    missing_db = f"sqlite:///{(tmp_path / 'nowhere' / 'none.db').as_posix()}"
+    result = run_cli(
+        "train", "--asset-id", "BTC", "--end-date", END_DATE, "--db-url", missing_db,
+        "--params-file", "params.json", "--output-path", out,
+    )  # fmt: skip
+    assert_error(result, f"--output-path {out}", "pass a folder")
+    assert (tmp_path / "taken").read_text() == "not a folder"
+    assert not (tmp_path / "nowhere").exists()
