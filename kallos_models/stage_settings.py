@@ -41,6 +41,7 @@ __all__ = [
     "evaluate_settings",
     "require",
     "storage_source",
+    "study_name_for",
     "train_settings",
     "tune_settings",
 ]
@@ -112,11 +113,6 @@ class DataSource:
     def masked(self) -> str:
         """The URL with its password replaced by ``***``."""
         return mask_url(self.url)
-
-    @property
-    def backend(self) -> str:
-        """``sqlite`` or ``postgresql``."""
-        return resolve_url(self.url).get_backend_name()
 
     def __repr__(self) -> str:  # dataclass repr would show the password
         return f"DataSource({self.masked!r})"
@@ -331,6 +327,11 @@ class TuneSettings:
     output_dir: Path
 
 
+def study_name_for(settings: Settings) -> str:
+    """``study_name``, or ``{model}_{asset}_{timeframe}`` (e.g. ``gru_BTC_1d``)."""
+    return settings.study_name or f"{settings.model_name}_{settings.asset_id}_{settings.timeframe}"
+
+
 def tune_settings(settings: Settings) -> TuneSettings:
     """The tune stage's settings; required: ``asset_id``, ``tune_end_date``."""
     asset_id = str(require(settings, "asset_id"))
@@ -351,7 +352,7 @@ def tune_settings(settings: Settings) -> TuneSettings:
         trainer=TrainerSettings.from_settings(settings),
         n_trials=settings.n_trials,
         metric=settings.metric,
-        study_name=settings.study_name or f"{settings.model_name}_{asset_id}_{settings.timeframe}",
+        study_name=study_name_for(settings),
         workers=settings.workers,
         timeout=settings.timeout,
         heartbeat_interval=settings.heartbeat_interval,

@@ -25,24 +25,31 @@ def mask_url(url: str | URL) -> str:
     """
     if isinstance(url, URL):
         return url.render_as_string(hide_password=True)
-    text = str(url)
+    parts = _split_credentials(str(url))
+    if parts is None:
+        return str(url)
+    scheme, user, _, host = parts
+    return f"{scheme}://{user}:***@{host}"
+
+
+def _split_credentials(text: str) -> tuple[str, str, str, str] | None:
+    """``scheme, user, password, host`` of a text URL with a password, split at the last
+    ``@`` (so a password holding an unescaped ``@`` stays whole); None without a password."""
     if "://" not in text or "@" not in text:
-        return text
+        return None
     scheme, rest = text.split("://", 1)
     credentials, host = rest.rsplit("@", 1)
     if ":" not in credentials:
-        return text
-    return f"{scheme}://{credentials.split(':', 1)[0]}:***@{host}"
+        return None
+    user, password = credentials.split(":", 1)
+    return scheme, user, password, host
 
 
 def _password_of(url: str | URL) -> str | None:
     if isinstance(url, URL):
         return url.password
-    text = str(url)
-    if "://" not in text or "@" not in text:
-        return None
-    credentials = text.split("://", 1)[1].rsplit("@", 1)[0]
-    return credentials.split(":", 1)[1] if ":" in credentials else None
+    parts = _split_credentials(str(url))
+    return None if parts is None else parts[2]
 
 
 def scrub(text: str, url: str | URL) -> str:

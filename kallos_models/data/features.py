@@ -31,6 +31,8 @@ warm-up) stay NaN and are marked ``warmup = True``; nothing is back-filled.
 
 from __future__ import annotations
 
+import functools
+import importlib
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -134,18 +136,18 @@ _PROBE = {
 }
 
 
-def _talib_abstract() -> Any:  # imported lazily: keeps `kallos-run --help` fast
-    from talib import abstract
+@functools.cache
+def _talib_names() -> tuple[str, ...]:  # imported lazily: keeps `kallos-run --help` fast
+    import talib
 
-    return abstract
+    return tuple(talib.get_functions())
 
 
 def _talib_function(name: str, column: str) -> Any:
-    import talib
-
-    abstract = _talib_abstract()
-    if name not in talib.get_functions():
-        close = [f for f in talib.get_functions() if f.startswith(name.upper()[:3])][:8]
+    abstract: Any = importlib.import_module("talib.abstract")  # untyped C extension
+    names = _talib_names()
+    if name not in names:
+        close = [f for f in names if f.startswith(name.upper()[:3])][:8]
         hint = f" (similar: {', '.join(close)})" if close else ""
         raise ConfigError(
             f"indicator {column!r}: {name!r} is neither a TA-Lib function{hint} nor a "
@@ -176,6 +178,7 @@ def _check_entry(column: str, entry: Any) -> dict[str, Any]:
         raise ConfigError(
             f"indicator {column!r}: transform {transform!r} is not one of {', '.join(TRANSFORMS)}"
         )
+    fn: Any = None
     if function in BUILTINS:
         allowed = BUILTINS[function]
         outputs: list[str] = []
@@ -222,8 +225,7 @@ def _check_entry(column: str, entry: Any) -> dict[str, Any]:
         raise ConfigError(
             f'indicator {column!r}: {function} has one output{only}; drop "output": {output!r}'
         )
-    if function not in BUILTINS:
-        fn = _talib_function(function, column)
+    if fn is not None:
         try:
             fn.set_parameters(**entry)
             int(fn.lookback)
@@ -419,8 +421,6 @@ def compute_features(ohlcv: pd.DataFrame, groups: tuple[str, ...] | None = None)
     pandas.DataFrame
         As :func:`compute_indicators`.
     """
-    if not ohlcv.index.is_monotonic_increasing:
-        raise ValueError("compute_features needs bars sorted by open time")
     selected = tuple(FEATURE_GROUPS) if groups is None else groups
     unknown = [g for g in selected if g not in FEATURE_GROUPS]
     if unknown:

@@ -24,7 +24,7 @@ from kallos_models.data import datasets, db
 from kallos_models.data.features import resolve_indicators
 from kallos_models.errors import ConfigError, DataError, ModelError
 from kallos_models.modelling import fitting, zoo
-from kallos_models.stage_settings import TuneSettings, tune_settings
+from kallos_models.stage_settings import TuneSettings, study_name_for, tune_settings
 from kallos_models.stages.tune.objective import Job, SearchSpaceFn, owner_tag, prepare, replace_job
 from kallos_models.stages.tune.quiet import quiet
 from kallos_models.stages.tune.reports import write_outputs
@@ -120,7 +120,7 @@ def default_study_name(settings: Settings | TuneSettings) -> str:
     """
     if isinstance(settings, TuneSettings):
         return settings.study_name
-    return settings.study_name or f"{settings.model_name}_{settings.asset_id}_{settings.timeframe}"
+    return study_name_for(settings)
 
 
 #: Study user attributes that must match when a study is resumed.
