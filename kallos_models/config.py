@@ -17,6 +17,7 @@ value sets it. Unset everywhere, tracking is off.
 from __future__ import annotations
 
 import dataclasses
+import io
 import json
 import logging
 import os
@@ -295,7 +296,16 @@ def _read_dotenv(path: Path) -> dict[str, str]:
     """Read ``.env``: KEY=VALUE lines, or the seed's JSON object of db_kwargs keys."""
     if not path.is_file():
         return {}
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
+    fix = "it must hold KEY=VALUE lines (UTF-8 text); fix or remove it"
+    try:
+        text = raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path} is not a text file (byte {exc.start} is not UTF-8); {fix}"
+        ) from None
+    if "\x00" in text:
+        raise ConfigError(f"{path} is not a text file (it holds NUL bytes); {fix}")
     if text.lstrip().startswith("{"):
         try:
             data = json.loads(text)
@@ -306,7 +316,8 @@ def _read_dotenv(path: Path) -> dict[str, str]:
         return {str(k).upper(): str(v) for k, v in data.items()}
     from dotenv import dotenv_values
 
-    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+    values = dotenv_values(stream=io.StringIO(text))
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _env_values(env: Mapping[str, str]) -> tuple[dict[str, Any], dict[str, Any]]:

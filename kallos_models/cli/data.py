@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sys
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -108,8 +109,9 @@ def _ingest_file(
 
     if not file_path.is_file():  # before the database is created
         raise DataError(f"file {file_path} does not exist; check the --file path")
+    db.check_key(asset, s.timeframe)
     return ingest_mod.ingest_file(
-        db.create_db_engine(data_source(s).url),
+        db.create_db_engine(data_source(s).url, for_writing=True),
         asset,
         s.timeframe,
         file_path,
@@ -125,8 +127,9 @@ def _ingest_archive(ctx: click.Context, s, asset: str, symbol, start, end, skip_
     from kallos_models.data import binance_archive, db
     from kallos_models.stage_settings import data_source
 
+    db.check_key(asset, s.timeframe)
     return binance_archive.ingest_binance_archive(
-        db.create_db_engine(data_source(s).url),
+        db.create_db_engine(data_source(s).url, for_writing=True),
         asset,
         symbol,
         s.timeframe,
@@ -153,16 +156,25 @@ def _refused_message(refused: list[str], used: list[str]) -> str:
     )
 
 
-def _progress(ctx: click.Context) -> Callable[[int, int], None]:
-    """A progress callback that logs to stderr for large writes."""
-    state = {"last": 0}
+def _progress(ctx: click.Context) -> Callable[[int, float], None]:
+    """Ingest progress on stderr once a file is big (100,000 rows read): a bar redrawn in
+    place on a terminal, a line per tenth of the file otherwise (logs, CI)."""
+    state = {"shown": -1}
+    terminal = sys.stderr.isatty()
 
-    def report(done: int, total: int) -> None:
-        if total < 10_000 or ctx.obj.get("quiet"):
+    def report(rows: int, fraction: float) -> None:
+        if rows < 100_000 or ctx.obj.get("quiet"):
             return
-        if done - state["last"] >= 10_000 or done == total:
-            state["last"] = done
-            click.echo(f"written {done}/{total} rows", err=True)
+        tenth = int(fraction * 10)
+        if not terminal and tenth <= state["shown"]:
+            return
+        state["shown"] = tenth
+        bar = "#" * int(fraction * 30)
+        line = f"ingest [{bar:<30}] {fraction:4.0%} {rows:,} rows read"
+        if terminal:
+            click.echo("\r" + line + ("\n" if fraction >= 1 else ""), err=True, nl=False)
+        else:
+            click.echo(line, err=True)
 
     return report
 

@@ -22,7 +22,7 @@ import os
 import re
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,8 @@ from typing import Any
 import pandas as pd
 from sqlalchemy.engine import Engine
 
-from kallos_models.data.ingest import BINANCE_COLUMNS, IngestSummary, ingest_frame
+from kallos_models.data.candle_files import Chunk, open_candles
+from kallos_models.data.ingest import IngestSummary, Progress, ingest_chunks
 from kallos_models.errors import ConfigError, DataError
 
 logger = logging.getLogger(__name__)
@@ -194,15 +195,11 @@ def fetch_month(
     return target, "downloaded"
 
 
-def read_archive_zip(path: Path) -> pd.DataFrame:
-    """Read one monthly archive (12 kline columns, no header) into raw ingest columns."""
-    raw = pd.read_csv(path, header=None, dtype=str, compression="zip")
-    if raw.shape[1] != len(BINANCE_COLUMNS):
-        raise DataError(f"{path.name} has {raw.shape[1]} columns, expected the 12 kline columns")
-    if not raw.empty and not str(raw.iloc[0, 0]).strip().isdigit():  # a header row
-        raw = raw.iloc[1:]
-    raw.columns = [n for n, _ in BINANCE_COLUMNS]
-    return pd.DataFrame({ours: raw[theirs] for theirs, ours in BINANCE_COLUMNS if ours})
+def read_archive_zip(path: Path, first_line: int = 1) -> Iterator[Chunk]:
+    """One monthly archive (12 kline columns, with or without a header row) in chunks."""
+    candles = open_candles(path, "binance")
+    for chunk in candles.chunks():
+        yield Chunk(chunk.frame, chunk.first_line - candles.first_line + first_line, 1.0)
 
 
 def ingest_binance_archive(
@@ -216,7 +213,7 @@ def ingest_binance_archive(
     base_url: str = "https://data.binance.vision",
     cache_dir: str | Path | None = None,
     skip_invalid: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    progress: Progress | None = None,
 ) -> ArchiveResult:
     """Download, verify and ingest Binance monthly klines for ``symbol`` and ``interval``.
 
@@ -259,42 +256,47 @@ def ingest_binance_archive(
     refused: dict[str, str] = {}
     downloaded: list[str] = []
     cached: list[str] = []
-    frames: list[pd.DataFrame] = []
-    for month in months:
-        try:
-            path, how = fetch_month(base_url, symbol, interval, month, cache)
-        except DataError as exc:
-            refused[month] = str(exc)
-            logger.error("%s", exc)
-            continue
-        except (urllib.error.URLError, OSError) as exc:
+    counted = {"lines": 0}
+
+    def month_chunks() -> Iterator[Chunk]:
+        """Each usable month's rows, fetched when the ingest asks for them (one month at a
+        time in memory); the months used, missing and refused are recorded on the way."""
+        for done, month in enumerate(months, start=1):
+            try:
+                path, how = fetch_month(base_url, symbol, interval, month, cache)
+            except DataError as exc:
+                refused[month] = str(exc)
+                logger.error("%s", exc)
+                continue
+            except (urllib.error.URLError, OSError) as exc:
+                raise DataError(
+                    f"cannot download {archive_url(base_url, symbol, interval, month)}: {exc}; "
+                    "check the network or the binance_archive_url setting, then run again "
+                    "(finished months are cached)"
+                ) from None
+            if path is None:
+                missing.append(month)
+                continue
+            (downloaded if how == "downloaded" else cached).append(month)
+            used.append(month)
+            logger.info("%s %s %s: %s", symbol, interval, month, how)
+            for chunk in read_archive_zip(path, counted["lines"] + 1):
+                counted["lines"] += len(chunk.frame)
+                yield Chunk(chunk.frame, chunk.first_line, done / len(months))
+        if not used:
             raise DataError(
-                f"cannot download {archive_url(base_url, symbol, interval, month)}: {exc}; check "
-                "the network or the binance_archive_url setting, then run again (finished months "
-                "are cached)"
-            ) from None
-        if path is None:
-            missing.append(month)
-            continue
-        (downloaded if how == "downloaded" else cached).append(month)
-        frames.append(read_archive_zip(path))
-        used.append(month)
-        logger.info("%s %s %s: %s", symbol, interval, month, how)
-    if not frames:
-        raise DataError(
-            f"no archive month of {symbol} {interval} between {months[0]} and {months[-1]} "
-            f"could be used (missing: {len(missing)}, refused: {len(refused)}); "
-            "check the symbol and interval"
-        )
-    raw = pd.concat(frames, ignore_index=True)
-    summary = ingest_frame(
+                f"no archive month of {symbol} {interval} between {months[0]} and {months[-1]} "
+                f"could be used (missing: {len(missing)}, refused: {len(refused)}); "
+                "check the symbol and interval"
+            )
+
+    summary = ingest_chunks(
         engine,
         asset_id,
         interval,
-        raw,
-        source=f"binance archive {symbol} {interval} {used[0]}..{used[-1]}",
+        month_chunks(),
+        source=f"binance archive {symbol} {interval} {months[0]}..{months[-1]}",
         fmt_name="binance",
-        first_line=1,
         skip_invalid=skip_invalid,
         progress=progress,
     )

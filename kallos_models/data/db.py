@@ -7,17 +7,21 @@ The same code runs on SQLite (the embedded default) and PostgreSQL.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Mapping
+import unicodedata
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import URL, Connection, Engine
 
-from kallos_models.errors import DatabaseError
-from kallos_models.urls import mask_url, resolve_url, scrub, url_from_db_kwargs
+from kallos_models.errors import DatabaseError, DataError
+from kallos_models.urls import mask_url, resolve_url, scrub, sqlite_file, url_from_db_kwargs
 
 __all__ = [
+    "check_key",
+    "check_writable",
     "count_rows",
     "create_db_engine",
     "engine_options",
@@ -27,8 +31,9 @@ __all__ = [
     "read_market_frame",
     "resolve_url",
     "scrub",
-    "upsert_rows",
+    "translate_write_errors",
     "url_from_db_kwargs",
+    "writing",
 ]
 
 logger = logging.getLogger(__name__)
@@ -48,14 +53,20 @@ RAW_COLUMNS = PRICE_COLUMNS + KLINE_COLUMNS
 #: The NOT NULL flag of the first round's schema, which stored indicators in the table; it
 #: is dropped on first contact (:func:`create_db_engine`) so candles can be written again.
 LEGACY_NOT_NULL_COLUMN = "warmup"
+#: Longest asset id and timeframe the key columns hold (PostgreSQL enforces it; SQLite would
+#: not, so :func:`check_key` does, on both).
+ASSET_ID_MAX = 64
+TIMEFRAME_MAX = 16
+#: ``pg_advisory_xact_lock`` key serialising table creation and migration across processes.
+SCHEMA_LOCK_KEY = 0x6B616C6C6F73  # "kallos"
 
 metadata = sa.MetaData()
 
 market_table = sa.Table(
     MARKET_TABLE,
     metadata,
-    sa.Column("asset_id", sa.String(64), primary_key=True),
-    sa.Column("timeframe", sa.String(16), primary_key=True),
+    sa.Column("asset_id", sa.String(ASSET_ID_MAX), primary_key=True),
+    sa.Column("timeframe", sa.String(TIMEFRAME_MAX), primary_key=True),
     # Naive timestamps, always UTC: identical on SQLite and PostgreSQL.
     sa.Column("open_time", sa.DateTime(timezone=False), primary_key=True),
     *[sa.Column(c, sa.Float, nullable=False) for c in PRICE_COLUMNS],
@@ -133,70 +144,259 @@ def make_engine(
         ) from None
 
 
-def create_db_engine(db: str | URL | Mapping[str, Any], *, create_tables: bool = True) -> Engine:
+def create_db_engine(
+    db: str | URL | Mapping[str, Any], *, create_tables: bool = True, for_writing: bool = False
+) -> Engine:
     """Create an engine, check the connection, and create missing tables.
 
     Parameters
     ----------
     db
         A URL (``sqlite:///path.db``, ``postgresql://...``) or the seed's ``db_kwargs`` dict.
-    create_tables
-        Create the market table when missing; default True.
+    create_tables : bool, default True
+        Create the market table when missing (and migrate a first-round table), under a
+        lock: PostgreSQL's ``pg_advisory_xact_lock(SCHEMA_LOCK_KEY)``, SQLite's
+        ``BEGIN IMMEDIATE``, so processes starting together do not race.
+    for_writing : bool, default False
+        The caller will write: check now that the database takes writes
+        (:func:`check_writable`), before any work starts.
 
     Raises
     ------
     DatabaseError
-        The database cannot be reached or refused the login; the message shows the
-        URL with its password masked.
+        The database cannot be reached, refused the login, cannot create the tables, or
+        is read-only; the message shows the URL with its password masked.
     """
     url = resolve_url(db)
     engine = make_engine(url)
     try:
         with engine.connect() as conn:
             conn.execute(sa.select(sa.literal(1)))
-        if create_tables:
-            metadata.create_all(engine, checkfirst=True)
-            _drop_legacy_flag(engine)
-    except sa.exc.OperationalError as exc:
-        raise DatabaseError(
-            f"cannot connect to database {mask_url(url)}: {_detail(exc, url)}; check --db-url "
-            "(or KALLOS_DB_URL / db_kwargs) and that the server is running"
-        ) from None
-    except sa.exc.DBAPIError as exc:  # connected, but e.g. no right to create the tables
-        raise DatabaseError(
-            f"database {mask_url(url)} refused to set up kallos' tables: {_detail(exc, url)}; "
-            "use a role that may create tables there"
-        ) from None
+        if create_tables and not _tables_ready(engine):
+            _set_up_tables(engine)
+    except sa.exc.DBAPIError as exc:
+        engine.dispose()
+        raise _refusal(exc, url) or _setup_error(exc, url) from None
+    if for_writing:
+        check_writable(engine)
     return engine
 
 
-def _drop_legacy_flag(engine: Engine) -> None:
+def _setup_error(exc: sa.exc.DBAPIError, url: URL) -> DatabaseError:
+    if isinstance(exc, sa.exc.OperationalError):
+        path = sqlite_file(url)
+        if path is not None and not path.exists() and path.parent.is_dir():
+            return DatabaseError(
+                f"cannot create the SQLite database {path}: {_detail(exc, url)}; make its "
+                "folder writable or choose another path with --db-url (KALLOS_DB_URL)"
+            )
+        return DatabaseError(
+            f"cannot connect to database {mask_url(url)}: {_detail(exc, url)}; check --db-url "
+            "(or KALLOS_DB_URL / db_kwargs) and that the server is running"
+        )
+    return DatabaseError(  # connected, but e.g. no right to create the tables
+        f"database {mask_url(url)} refused to set up kallos' tables: {_detail(exc, url)}; "
+        "use a role that may create tables there"
+    )
+
+
+def _tables_ready(engine: Engine) -> bool:
+    """The market table exists and needs no migration (read-only: no lock is taken)."""
+    inspector = sa.inspect(engine)
+    if not inspector.has_table(MARKET_TABLE):
+        return False
+    return LEGACY_NOT_NULL_COLUMN not in {c["name"] for c in inspector.get_columns(MARKET_TABLE)}
+
+
+def _set_up_tables(engine: Engine) -> None:
+    """``create_all`` and the legacy migration in one transaction, serialised across processes.
+
+    The lock is taken before the existence checks, so a second process waits for the first
+    and then finds the table; PostgreSQL's DDL is transactional, SQLite holds its write lock.
+    """
+    with engine.connect() as conn:
+        if conn.dialect.name == "postgresql":
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
+        elif conn.dialect.name == "sqlite":
+            conn.exec_driver_sql("BEGIN IMMEDIATE")
+        metadata.create_all(conn, checkfirst=True)
+        dropped = _drop_legacy_flag(conn)
+        conn.commit()
+    if dropped:
+        logger.warning(
+            "%s held stored indicators (kallos-models 0.1): dropped its %s column; indicators "
+            "are now computed when data is loaded and the old indicator columns are ignored",
+            MARKET_TABLE,
+            LEGACY_NOT_NULL_COLUMN,
+        )
+
+
+def _drop_legacy_flag(conn: Connection) -> bool:
     """Make a first-round market table writable: drop its NOT NULL ``warmup`` column.
 
     That schema stored indicator columns (kept, and ignored: nothing reads them) and a NOT
     NULL ``warmup`` flag that candle-only inserts cannot fill. Dropping it is the one-line
-    migration ``ALTER TABLE market_data DROP COLUMN warmup``, run here once; no candle is
-    touched.
+    migration ``ALTER TABLE market_data DROP COLUMN warmup``, run inside the schema lock of
+    :func:`_set_up_tables`; no candle is touched. Returns whether it ran.
     """
-    columns = {c["name"] for c in sa.inspect(engine).get_columns(MARKET_TABLE)}
+    columns = {c["name"] for c in sa.inspect(conn).get_columns(MARKET_TABLE)}
     if LEGACY_NOT_NULL_COLUMN not in columns:
-        return
-    try:
-        with engine.begin() as conn:
-            conn.execute(
-                sa.text(f"ALTER TABLE {MARKET_TABLE} DROP COLUMN {LEGACY_NOT_NULL_COLUMN}")
+        return False
+    conn.execute(sa.text(f"ALTER TABLE {MARKET_TABLE} DROP COLUMN {LEGACY_NOT_NULL_COLUMN}"))
+    return True
+
+
+def _refusal(exc: sa.exc.DBAPIError, url: URL, *, writing: bool = False) -> DatabaseError | None:
+    """A :class:`DatabaseError` for a database that refuses writes; None for other errors."""
+    text = str(exc.orig or exc).lower()
+    code = getattr(exc.orig, "pgcode", None)
+    path = sqlite_file(url)
+    where = f"SQLite database {path}" if path is not None else f"database {mask_url(url)}"
+    if "readonly database" in text or code == "25006":  # SQLITE_READONLY, read-only txn
+        if path is not None:
+            also = "; or drop mode=ro from the URL" if url.query.get("mode") == "ro" else ""
+            fix = (
+                f"make {path} and its folder writable (SQLite writes a journal beside the "
+                f"file), or choose another database with --db-url (KALLOS_DB_URL){also}"
             )
-    except sa.exc.DBAPIError:
-        columns = {c["name"] for c in sa.inspect(engine).get_columns(MARKET_TABLE)}
-        if LEGACY_NOT_NULL_COLUMN in columns:
-            raise  # not a race with another process doing the same: a real refusal
-        return
-    logger.warning(
-        "%s held stored indicators (kallos-models 0.1): dropped its %s column; indicators are "
-        "now computed when data is loaded and the old indicator columns are ignored",
-        MARKET_TABLE,
-        LEGACY_NOT_NULL_COLUMN,
-    )
+        else:
+            fix = "use a writable server (not a standby) or choose another --db-url"
+        return DatabaseError(f"{where} is read-only ({_detail(exc, url)}); {fix}")
+    if not writing:
+        return None
+    if code == "42501":  # insufficient_privilege
+        return DatabaseError(
+            f"{where} refused the write: {_detail(exc, url)}; use a role that may INSERT and "
+            f"UPDATE {MARKET_TABLE}, or choose another --db-url"
+        )
+    if "database or disk is full" in text or code == "53100":
+        return DatabaseError(f"{where} is full ({_detail(exc, url)}); free disk space first")
+    if "database is locked" in text:
+        return DatabaseError(
+            f"{where} stayed locked by another writer for 30 s ({_detail(exc, url)}); run "
+            "again when it is done, or use PostgreSQL for concurrent writers"
+        )
+    return None
+
+
+def check_writable(engine: Engine) -> None:
+    """Check that the database takes writes, writing nothing; call it before any work starts.
+
+    SQLite: rewrites ``PRAGMA user_version`` with its own value in ``BEGIN IMMEDIATE`` and
+    rolls back (the file and its folder, for the journal, must be writable). PostgreSQL: the
+    session is not read-only and the role may INSERT and UPDATE the market table.
+
+    Raises
+    ------
+    DatabaseError
+        One line naming the database and the fix.
+    """
+    url = engine.url
+    try:
+        with engine.connect() as conn:
+            if conn.dialect.name == "sqlite":
+                conn.exec_driver_sql("BEGIN IMMEDIATE")
+                version = int(conn.exec_driver_sql("PRAGMA user_version").scalar() or 0)
+                conn.exec_driver_sql(f"PRAGMA user_version = {version}")
+                conn.rollback()
+            elif conn.dialect.name == "postgresql":
+                setting = sa.text("SELECT current_setting('transaction_read_only')")
+                if conn.execute(setting).scalar() == "on":
+                    raise DatabaseError(
+                        f"database {mask_url(url)} is read-only (transaction_read_only is on); "
+                        "use a writable server (not a standby) or choose another --db-url"
+                    )
+                rights = sa.text(
+                    "SELECT CASE WHEN to_regclass(:t) IS NULL THEN true ELSE "
+                    "has_table_privilege(:t, 'INSERT') AND has_table_privilege(:t, 'UPDATE') END"
+                )
+                if not conn.execute(rights, {"t": MARKET_TABLE}).scalar():
+                    raise DatabaseError(
+                        f"database {mask_url(url)}: this role may not INSERT and UPDATE "
+                        f"{MARKET_TABLE}; use a role that may, or choose another --db-url"
+                    )
+    except sa.exc.DBAPIError as exc:
+        raise _refusal(exc, url, writing=True) or _setup_error(exc, url) from None
+
+
+@contextmanager
+def translate_write_errors(db: Engine | URL | str) -> Iterator[None]:
+    """Turn a write the database refuses into one :class:`DatabaseError` line.
+
+    Read-only (SQLite's "attempt to write a readonly database", a read-only PostgreSQL
+    transaction), no INSERT/UPDATE right, disk full, or a SQLite lock held past the 30 s
+    timeout, raised by anything inside the block, becomes the message
+    :func:`create_db_engine` gives; any other error passes unchanged (a bug keeps its
+    traceback). Wrap it around the transaction, so the rollback comes first.
+
+    Parameters
+    ----------
+    db : Engine, URL or str
+        The database written to, for the message (password masked).
+    """
+    url = db.url if isinstance(db, Engine) else resolve_url(db)
+    try:
+        yield
+    except sa.exc.DBAPIError as exc:
+        refusal = _refusal(exc, url, writing=True)
+        if refusal is None:
+            raise
+        raise refusal from None
+
+
+@contextmanager
+def writing(engine: Engine) -> Iterator[Connection]:
+    """``with db.writing(engine) as conn:``: :func:`check_writable`, then one transaction.
+
+    Like ``engine.begin()`` (commit on success, rollback on any error), with a database
+    that refuses writes reported up front, and refusals during the block turned into a
+    :class:`DatabaseError` by :func:`translate_write_errors` after the rollback.
+    """
+    check_writable(engine)
+    with translate_write_errors(engine), engine.begin() as conn:
+        yield conn
+
+
+def check_key(asset_id: str, timeframe: str) -> None:
+    """Check an asset id and timeframe against the key columns, the same on both backends.
+
+    Parameters
+    ----------
+    asset_id : str
+        1 to :data:`ASSET_ID_MAX` (64) characters, no control characters, no leading or
+        trailing whitespace. No default.
+    timeframe : str
+        Likewise, at most :data:`TIMEFRAME_MAX` (16) characters. No default.
+
+    Raises
+    ------
+    DataError
+        One message: what was given (truncated), what is wrong, and the fix.
+    """
+    for name, value, limit, flag in (
+        ("an asset id", asset_id, ASSET_ID_MAX, "--asset-id BTC"),
+        ("a timeframe", timeframe, TIMEFRAME_MAX, "--timeframe 1d"),
+    ):
+        problem = _key_problem(value, limit)
+        if problem:
+            shown = repr(value[:24]) + ("..." if len(value) > 24 else "")
+            raise DataError(
+                f"{name.split(' ', 1)[1]} {shown} {problem}; {name} must be 1-{limit} "
+                "characters without control characters or leading/trailing whitespace; pass "
+                f"e.g. {flag}"
+            )
+
+
+def _key_problem(value: str, limit: int) -> str | None:
+    if not value.strip():
+        return "is empty"
+    if len(value) > limit:
+        return f"is {len(value)} characters long"
+    if any(unicodedata.category(c) in ("Cc", "Cs", "Zl", "Zp") for c in value):
+        return "holds a control character"
+    if value != value.strip():
+        return "has leading or trailing whitespace"
+    return None
 
 
 def count_rows(conn: Connection | Engine, asset_id: str, timeframe: str) -> int:
@@ -207,51 +407,13 @@ def count_rows(conn: Connection | Engine, asset_id: str, timeframe: str) -> int:
         .select_from(t)
         .where(t.c.asset_id == asset_id, t.c.timeframe == timeframe)
     )
-    if isinstance(conn, Engine):
-        with conn.connect() as c:
-            return int(c.execute(query).scalar_one())
-    return int(conn.execute(query).scalar_one())
+    with conn.connect() if isinstance(conn, Engine) else nullcontext(conn) as c:
+        return int(c.execute(query).scalar_one())
 
 
 def _detail(exc: sa.exc.DBAPIError, url: URL) -> str:
     detail = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
     return scrub(detail, url)
-
-
-def upsert_rows(
-    conn: Connection,
-    rows: list[dict[str, Any]],
-    *,
-    chunk_size: int = 2000,
-    progress: Callable[[int], None] | None = None,
-) -> None:
-    """Insert rows into the market table, replacing rows with the same key.
-
-    Uses the dialect's ``INSERT ... ON CONFLICT DO UPDATE`` in chunks, inside the caller's
-    transaction.
-    """
-    if not rows:
-        return
-    dialect = conn.dialect.name
-    insert: Any
-    if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:  # pragma: no cover - only the two supported backends
-        raise DatabaseError(
-            f"database dialect {dialect!r} is not supported; use SQLite or PostgreSQL"
-        )
-    stmt = insert(market_table)
-    update_cols = {
-        c.name: stmt.excluded[c.name] for c in market_table.c if c.name not in KEY_COLUMNS
-    }
-    stmt = stmt.on_conflict_do_update(index_elements=list(KEY_COLUMNS), set_=update_cols)
-    for start in range(0, len(rows), chunk_size):
-        chunk = rows[start : start + chunk_size]
-        conn.execute(stmt, chunk)
-        if progress is not None:
-            progress(len(chunk))
 
 
 def read_market_frame(
@@ -276,12 +438,8 @@ def read_market_frame(
         query = query.where(market_table.c.open_time >= start.to_pydatetime())
     if end is not None:
         query = query.where(market_table.c.open_time <= end.to_pydatetime())
-    if isinstance(conn, Engine):
-        with conn.connect() as c:
-            result = c.execute(query)
-            frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
-    else:
-        result = conn.execute(query)
+    with conn.connect() if isinstance(conn, Engine) else nullcontext(conn) as c:
+        result = c.execute(query)
         frame = pd.DataFrame(result.fetchall(), columns=list(result.keys()))
     frame["open_time"] = pd.to_datetime(frame["open_time"])
     frame = frame.set_index("open_time")
@@ -309,15 +467,13 @@ def list_assets(engine: Engine) -> list[dict[str, Any]]:
         .order_by(t.c.asset_id, t.c.timeframe)
     )
     with engine.connect() as conn:
-        out = []
-        for row in conn.execute(query):
-            out.append(
-                {
-                    "asset_id": row.asset_id,
-                    "timeframe": row.timeframe,
-                    "rows": int(row.rows),
-                    "first": pd.Timestamp(row.first).isoformat(),
-                    "last": pd.Timestamp(row.last).isoformat(),
-                }
-            )
-    return out
+        return [
+            {
+                "asset_id": row.asset_id,
+                "timeframe": row.timeframe,
+                "rows": int(row.rows),
+                "first": pd.Timestamp(row.first).isoformat(),
+                "last": pd.Timestamp(row.last).isoformat(),
+            }
+            for row in conn.execute(query)
+        ]
