@@ -3,6 +3,7 @@ databases, asset ids the key columns cannot hold, and concurrent first use of Po
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -196,3 +197,26 @@ def test_two_first_ingests_into_an_empty_postgresql_database_both_land(
         "ETH",
         "SOL",
     }
+
+
+def test_two_ingests_of_the_same_new_asset_at_once_both_land(tmp_path: Path, db_url: str) -> None:
+    """Both see no stored bars while staging; the merge lock makes the second compare with
+    what the first committed: one inserts every bar, the other finds them unchanged."""
+    rows = 150_000  # merges long enough (about 1 s) that the two overlap
+    csv = write_binance_csv(make_ohlcv(rows, freq="1min", start="2020-01-01"), tmp_path / "k.csv")
+    db.create_db_engine(db_url).dispose()  # the tables exist: only the merge can race
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "kallos_models", "-q", "ingest", "--asset-id", "BTC"]
+            + ["--timeframe", "1m", "--file", str(csv), "--db-url", db_url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(2)
+    ]
+    outs = [p.communicate(timeout=180) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    summaries = sorted((json.loads(out) for out, _ in outs), key=lambda s: -s["inserted"])
+    assert [(s["inserted"], s["unchanged"]) for s in summaries] == [(rows, 0), (0, rows)]
+    assert db.count_rows(db.create_db_engine(db_url), "BTC", "1m") == rows

@@ -148,7 +148,8 @@ class CandleFile:
             for batch in handle.iter_batches(batch_size=self.chunk_rows, columns=wanted):
                 part = batch.to_pandas()
                 part.columns = [self.positions[i] for i in sorted(self.positions)]
-                yield Chunk(part, line, min((line - 1) / total, 1.0))
+                done = line - self.first_line + len(part)
+                yield Chunk(part, line, min(done / total, 1.0))
                 line += len(part)
         except Exception as exc:  # pyarrow's errors for a bad Parquet file
             if type(exc).__module__.startswith("pyarrow"):

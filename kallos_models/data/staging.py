@@ -280,6 +280,7 @@ class Staging:
                 f"COALESCE(SUM(CASE WHEN volume = 0 THEN 1 ELSE 0 END), 0) FROM {STAGING_TABLE}"
             ).one()
         m, t = db.MARKET_TABLE, db.market_table
+        self._lock_key(asset_id, timeframe)
         stored = 0
         if rows and first is not None and last is not None:
             span = sa.select(sa.func.count()).where(
@@ -325,6 +326,23 @@ class Staging:
             last_us=None if last is None else int(last),
             zero_volume=int(zero),
         )
+
+    def _lock_key(self, asset_id: str, timeframe: str) -> None:
+        """Wait for any other ingest of this asset and timeframe to commit, then hold it off.
+
+        Taken at the merge, not before: concurrent ingests read and stage their files in
+        parallel, and each then compares with what the one before it committed.
+        PostgreSQL: a transaction-level advisory lock on the key; SQLite: the database's
+        write lock (a write that touches nothing), taken before the first read of the market
+        table in this transaction, so it waits for the other writer instead of deadlocking.
+        """
+        if self.dialect == "postgresql":
+            self._sql(
+                "SELECT pg_advisory_xact_lock(hashtextextended(:key, 0))",
+                {"key": f"kallos-ingest/{asset_id}/{timeframe}"},
+            )
+        else:
+            self._sql(f"DELETE FROM {db.MARKET_TABLE} WHERE 0 = 1")
 
     def _open_time(self, alias: str) -> str:
         """SQL: the staged open time as the market table stores it.
