@@ -6,26 +6,33 @@ the default ``1d``) the timeframe (:func:`kallos_models.files.run_stem`)::
     {stem}.pt              the Darts model object (TorchForecastingModel.save)
     {stem}.pt.ckpt         its Lightning checkpoint (weights), written by Darts beside it
     {stem}_scaler.pkl      the fitted FeaturePreprocessor (pickle)
-    {stem}_manifest.json   parameters, data range, library versions, sha256 of the 3 others
+    {stem}_manifest.json   parameters, data range, versions, sha256 of the 3 others, its digest
 
 with ``{stem}`` = ``{model}_{asset}`` at 1d (``gru_BTC``) and ``{model}_{asset}_{timeframe}``
 otherwise (``gru_BTC_4h``).
 
-Saving writes every file under a temporary name in the same directory, then renames them into
-place with ``os.replace``, the manifest last. A crash therefore leaves either the old bundle
-or files whose checksums do not match the manifest beside them (or no manifest at all), and
-:func:`load_bundle` refuses both. Loading verifies the checksums before anything is
-unpickled. File names follow :mod:`kallos_models.files`.
+A bundle *is* its manifest: files under a bundle's names without a manifest are the debris of
+an interrupted save (or of an older version), which :func:`load_bundle` refuses and the next
+:func:`save_bundle` replaces without ``overwrite``. Saving writes and fsyncs every file in a
+hidden staging folder beside the bundle (``.{stem}.partial-{pid}-{token}``), seals the manifest
+with a digest, then publishes with ``os.replace`` in one directory: the old bundle's manifest
+is moved aside first, the new manifest moved in last
+(:func:`kallos_models.modelling.bundle_files.publish`). A kill at any moment leaves the old
+bundle, the new one, or no manifest (no bundle); never a manifest beside another save's
+files. Leftover staging folders of dead processes are removed by the next save.
+
+Loading verifies the three files' sha256 and the manifest's digest before anything is
+unpickled, then that the manifest's train end, columns and timeframe agree with the
+checksummed preprocessor and model. File names follow :mod:`kallos_models.files`.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import pickle
 import platform
-import secrets
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -35,11 +42,13 @@ from typing import Any
 from kallos_models.errors import ArtifactError
 from kallos_models.files import (
     DEFAULT_TIMEFRAME,
-    json_default,
+    dumps,
     run_stem,
     safe_file_stem,
     sha256_file,
 )
+from kallos_models.modelling import bundle_files
+from kallos_models.modelling.bundle_files import BUNDLE_FORMAT, FILE_ROLES
 from kallos_models.modelling.fitting import cuda_available
 from kallos_models.modelling.preprocessing import FeaturePreprocessor
 
@@ -60,9 +69,6 @@ __all__ = [
     "sha256_file",
 ]
 
-#: Version of the bundle layout, written to the manifest as ``bundle_format``.
-BUNDLE_FORMAT = 1
-
 #: Distributions whose versions the manifest records (plus ``python``).
 LIBRARY_DISTRIBUTIONS: tuple[str, ...] = (
     "darts",
@@ -73,9 +79,6 @@ LIBRARY_DISTRIBUTIONS: tuple[str, ...] = (
     "scikit-learn",
     "optuna",
 )
-
-#: File roles checked by sha256 on load.
-FILE_ROLES: tuple[str, ...] = ("model", "checkpoint", "scaler")
 
 
 def is_registry_uri(path: str | Path | None) -> bool:
@@ -142,26 +145,37 @@ def bundle_paths(
 def check_overwrite(paths: BundlePaths, *, overwrite: bool = False) -> None:
     """Refuse to replace an existing bundle unless ``overwrite``.
 
+    A bundle exists when its manifest does. Model, checkpoint or scaler files without a
+    manifest are not a bundle (an interrupted save, or an older version's leftovers):
+    :func:`save_bundle` replaces them, with a warning, without ``overwrite``.
+
     Parameters
     ----------
     paths : BundlePaths
         The bundle about to be written. No default.
     overwrite : bool, default False
-        Allow replacing existing files.
+        Allow replacing an existing bundle.
 
     Raises
     ------
     ArtifactError
-        A bundle file exists and ``overwrite`` is False; names the file and ``--overwrite``.
+        The manifest exists and ``overwrite`` is False (the message names the first file
+        of the bundle that exists and ``--overwrite``); or a folder stands where a bundle
+        file goes.
     """
-    if overwrite:
-        return
     for path in paths.files():
-        if path.exists():
+        if path.is_dir():
             raise ArtifactError(
-                f"bundle file {path} already exists; pass --overwrite (overwrite=True in "
-                "Python) to replace the bundle, or choose another --output-path"
+                f"{path} is a folder, where a bundle file goes; move it away or choose "
+                "another --output-path"
             )
+    if overwrite or not (paths.manifest.exists() or paths.manifest.is_symlink()):
+        return
+    first = next(path for path in paths.files() if path.exists() or path.is_symlink())
+    raise ArtifactError(
+        f"bundle file {first} already exists; pass --overwrite (overwrite=True in "
+        "Python) to replace the bundle, or choose another --output-path"
+    )
 
 
 def library_versions() -> dict[str, str | None]:
@@ -175,15 +189,6 @@ def library_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[name] = None
     return versions
-
-
-def _remove_quietly(path: Path) -> None:
-    try:
-        path.unlink()
-    except FileNotFoundError:
-        pass
-    except OSError as exc:  # pragma: no cover - best effort cleanup
-        logger.warning("could not remove temporary file %s: %s", path, exc)
 
 
 def _save_model(model: Any, path: Path) -> None:
@@ -217,7 +222,7 @@ def save_bundle(
     *,
     overwrite: bool = False,
 ) -> BundlePaths:
-    """Write a bundle atomically: temporary files, checksums, then renames, manifest last.
+    """Write a bundle atomically: staged and fsynced in a hidden folder, then published.
 
     Parameters
     ----------
@@ -247,14 +252,23 @@ def save_bundle(
     The manifest written is ``manifest`` plus ``bundle_format``, ``kallos_version``,
     ``created_at`` (UTC, ISO), ``versions`` (python, darts, torch, pytorch-lightning, pandas,
     numpy, scikit-learn, optuna) and ``files``: ``{role: {"name": file name, "sha256": hex}}``
-    for the roles ``model``, ``checkpoint`` and ``scaler``. On any error every temporary file
-    is removed and the error re-raised.
+    for the roles ``model``, ``checkpoint`` and ``scaler``, then ``manifest_digest``
+    (:func:`kallos_models.modelling.bundle_files.seal_manifest`).
+
+    Everything is written and fsynced in ``.{stem}.partial-{pid}-{token}`` in
+    ``output_dir``, then published by renames in that directory, the old manifest moved
+    aside first and the new one in last (:func:`kallos_models.modelling.bundle_files.publish`).
+    Before that, staging folders left by dead processes and older versions' ``.tmp`` files
+    are removed, and files under the bundle's names without a manifest are replaced (with a
+    warning). On an error the staging folder is removed, the old bundle put back, and the
+    error re-raised.
 
     Raises
     ------
     ArtifactError
-        A bundle file exists and ``overwrite`` is False; the preprocessor is not fitted; the
-        model has no trained weights (Darts wrote no checkpoint).
+        The bundle's manifest exists and ``overwrite`` is False; a folder stands where a
+        bundle file goes; the preprocessor is not fitted; the model has no trained weights
+        (Darts wrote no checkpoint).
     """
     from kallos_models import __version__
 
@@ -269,50 +283,69 @@ def save_bundle(
         )
     directory = paths.model.parent
     directory.mkdir(parents=True, exist_ok=True)
+    stem = paths.model.name[: -len(".pt")]
+    bundle_files.remove_leftovers(directory, stem, [path.name for path in paths.files()])
+    if not paths.manifest.exists():
+        debris = [path.name for path in paths.files() if path.exists() or path.is_symlink()]
+        if debris:
+            logger.warning(
+                "%s: %s without a manifest are not a bundle (an interrupted save, or an older "
+                "version's); replacing them",
+                directory,
+                ", ".join(debris),
+            )
 
-    token = secrets.token_hex(4)
-    tmp_model = directory / f".{paths.model.name}.{token}.tmp"
-    temps = {
-        "model": tmp_model,
-        "checkpoint": Path(f"{tmp_model}.ckpt"),  # Darts writes path + ".ckpt"
-        "scaler": directory / f".{paths.scaler.name}.{token}.tmp",
-        "manifest": directory / f".{paths.manifest.name}.{token}.tmp",
-    }
-    finals = {
-        "model": paths.model,
-        "checkpoint": paths.checkpoint,
-        "scaler": paths.scaler,
-        "manifest": paths.manifest,
-    }
+    staging = bundle_files.staging_dir(directory, stem)
+    staged = BundlePaths(*(staging / path.name for path in paths.files()))
+    published = False
     try:
-        _save_model(model, tmp_model)
-        if not temps["checkpoint"].exists():
+        _save_model(model, staged.model)  # Darts writes staged.model + ".ckpt" beside it
+        if not staged.checkpoint.exists():
             raise ArtifactError(
                 "the model has no trained weights (Darts wrote no checkpoint); fit it before "
                 "saving the bundle"
             )
-        with open(temps["scaler"], "wb") as handle:
+        with open(staged.scaler, "wb") as handle:
             pickle.dump(preprocessor, handle, protocol=pickle.HIGHEST_PROTOCOL)
+            handle.flush()
+            os.fsync(handle.fileno())
+        bundle_files.fsync_file(staged.model)
+        bundle_files.fsync_file(staged.checkpoint)
         files = {
-            role: {"name": finals[role].name, "sha256": sha256_file(temps[role])}
+            role: {"name": getattr(paths, role).name, "sha256": sha256_file(getattr(staged, role))}
             for role in FILE_ROLES
         }
-        full = {
-            **dict(manifest),
-            "bundle_format": BUNDLE_FORMAT,
-            "kallos_version": __version__,
-            "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "versions": library_versions(),
-            "files": files,
-        }
-        text = json.dumps(full, indent=2, default=json_default, allow_nan=False)
-        temps["manifest"].write_text(text + "\n", encoding="utf-8")
-        for role in (*FILE_ROLES, "manifest"):
-            os.replace(temps[role], finals[role])
-    except BaseException:
-        for temp in temps.values():
-            _remove_quietly(temp)
-        raise
+        sealed = bundle_files.seal_manifest(
+            {
+                **dict(manifest),
+                "bundle_format": BUNDLE_FORMAT,
+                "kallos_version": __version__,
+                "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "versions": library_versions(),
+                "files": files,
+            }
+        )
+        with open(staged.manifest, "w", encoding="utf-8") as handle:
+            handle.write(dumps(sealed))
+            handle.flush()
+            os.fsync(handle.fileno())
+        bundle_files.fsync_dir(staging)
+        bundle_files.publish(
+            [
+                (staged.model, paths.model),
+                (staged.checkpoint, paths.checkpoint),
+                (staged.scaler, paths.scaler),
+            ],
+            staging,
+            manifest=(staged.manifest, paths.manifest),
+        )
+        published = True
+    finally:
+        kept = staging / "previous"
+        if not published and kept.is_dir() and any(kept.iterdir()):
+            logger.error("the previous bundle's files could not be put back; they are in %s", kept)
+        else:
+            shutil.rmtree(staging, ignore_errors=True)
     logger.info("saved bundle %s", paths.manifest)
     return paths
 
@@ -331,32 +364,6 @@ def _manifest_beside(model_path: Path) -> Path:
     name = model_path.name
     stem = name[: -len(".pt")] if name.endswith(".pt") else model_path.stem
     return model_path.with_name(f"{stem}_manifest.json")
-
-
-def _read_manifest(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise ArtifactError(
-            f"manifest {path} does not exist; every bundle has one (a missing manifest means an "
-            "incomplete save): retrain with `kallos-run train`, or pass the manifest path"
-        )
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ArtifactError(
-            f"manifest {path} is not valid JSON ({exc}); retrain or restore the bundle"
-        ) from exc
-    if not isinstance(data, dict):
-        raise ArtifactError(f"manifest {path} is not a JSON object; retrain or restore the bundle")
-    files = data.get("files")
-    if not isinstance(files, dict) or not all(
-        isinstance(files.get(role), dict) and isinstance(files[role].get("sha256"), str)
-        for role in FILE_ROLES
-    ):
-        raise ArtifactError(
-            f"manifest {path} has no checksums for the model, checkpoint and scaler files; "
-            "it was not written by save_bundle: retrain with `kallos-run train`"
-        )
-    return data
 
 
 def _verify(path: Path, expected: str, role: str) -> None:
@@ -396,7 +403,7 @@ def load_bundle(
     *,
     manifest_path: str | Path | None = None,
 ) -> LoadedBundle:
-    """Verify a bundle's checksums, then load its model, preprocessor and manifest.
+    """Verify a bundle's checksums and manifest digest, then load it.
 
     Parameters
     ----------
@@ -418,20 +425,34 @@ def load_bundle(
     Raises
     ------
     ArtifactError
-        The model file, checkpoint, scaler or manifest is missing; the manifest is not
-        valid; a checksum does not match (checked before anything is unpickled); the scaler
-        file does not hold a FeaturePreprocessor.
+        ``model_path`` is a folder; the model file, checkpoint, scaler or manifest is
+        missing; the manifest is not valid; a checksum does not match, or the manifest was
+        edited (its digest does not match; both checked before anything is unpickled); the
+        scaler file does not hold a FeaturePreprocessor; the manifest's ``train_end``,
+        columns or ``timeframe`` differ from those of the checksummed preprocessor and model.
+        A format-1 manifest (no digest) loads with a logged warning.
     """
     model_file = Path(model_path)
-    if not model_file.is_file():
+    if model_file.is_dir():
+        found = sorted(p.name for p in model_file.glob("*.pt") if _manifest_beside(p).is_file())
         raise ArtifactError(
-            f"model file {model_file} does not exist; train one with `kallos-run train` or "
-            "check --model-path"
+            f"{model_file} is a folder, not a bundle's model file; pass the {{stem}}.pt file "
+            f"of a bundle in it (with a manifest there: {', '.join(found) or 'none'})"
         )
     manifest_file = (
         Path(manifest_path) if manifest_path is not None else _manifest_beside(model_file)
     )
-    manifest = _read_manifest(manifest_file)
+    if not model_file.is_file():
+        either = (
+            f", and its manifest {manifest_file} does not exist either"
+            if not manifest_file.exists()
+            else ""
+        )
+        raise ArtifactError(
+            f"model file {model_file} does not exist{either}; train one with `kallos-run "
+            "train` or check --model-path"
+        )
+    manifest = bundle_files.read_manifest(manifest_file)
     files = manifest["files"]
     checkpoint_file = Path(f"{model_file}.ckpt")
     if scaler_path is not None:
@@ -447,6 +468,7 @@ def load_bundle(
     _verify(model_file, files["model"]["sha256"], "model")
     _verify(checkpoint_file, files["checkpoint"]["sha256"], "checkpoint")
     _verify(scaler_file, files["scaler"]["sha256"], "scaler")
+    bundle_files.verify_manifest(manifest, manifest_file)
 
     with open(scaler_file, "rb") as handle:
         preprocessor = pickle.load(handle)
@@ -461,6 +483,7 @@ def load_bundle(
     cuda = cuda_available()
     load_kwargs: dict[str, Any] = {} if cuda else {"map_location": "cpu"}
     model = TorchForecastingModel.load(str(model_file), **load_kwargs)
+    bundle_files.check_manifest_agrees(manifest, preprocessor, model, manifest_file)
     _fit_trainer_to_machine(model, cuda)
     logger.info("loaded bundle %s", manifest_file)
     return LoadedBundle(

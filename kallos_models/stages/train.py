@@ -3,7 +3,9 @@
 :func:`train_model` is what ``kallos-run train`` runs: read the hyperparameters (a tuner output
 file or a plain JSON object), check them against the model, load the asset's rows up to
 ``train_end_date``, fit the preprocessing and the model on all of them (no validation split,
-no early stopping) and save the bundle with :func:`kallos_models.modelling.bundles.save_bundle`.
+no early stopping) and save the bundle with :func:`kallos_models.modelling.bundles.save_bundle`,
+which stages it in a hidden folder and publishes it by renames, manifest last: a killed run
+leaves no bundle (and nothing that blocks the re-run), never half of one.
 """
 
 from __future__ import annotations
@@ -215,8 +217,9 @@ def train_model(
         Epochs: ``min(n_epochs, max_epochs)`` when the parameters carry ``n_epochs``, else
         ``max_epochs``.
     overwrite : bool, default False
-        Replace an existing bundle; without it an existing bundle is refused before any data
-        is read.
+        Replace an existing bundle; without it an existing bundle (its manifest) is refused
+        before any data is read. Bundle files without a manifest (an interrupted save) are
+        not a bundle: they are replaced without ``overwrite``.
     show_progress : bool, default False
         Show Lightning's progress bar and model summary (on stderr).
 
@@ -233,7 +236,8 @@ def train_model(
         Unknown model, or a parameter the model does not accept (checked before the data is
         read).
     ArtifactError
-        The bundle exists and ``overwrite`` is False.
+        The bundle's manifest exists and ``overwrite`` is False; a folder stands where a
+        bundle file goes.
     DataError
         No rows, a long gap, or fewer rows than ``input_chunk_length + output_chunk_length + 1``.
     DatabaseError

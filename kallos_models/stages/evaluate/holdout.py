@@ -1,6 +1,7 @@
 """Hold-out evaluation: rolling forecasts, metrics against naive persistence, a plot.
 
-:func:`evaluate_model` loads a saved bundle (checksums verified before anything is unpickled),
+:func:`evaluate_model` loads a saved bundle (file checksums and the manifest's digest verified
+before anything is unpickled, so the facts its guards read are tamper-evident),
 reads the hold-out window plus the lookback the model needs from the database, makes one
 forecast per bar with the fitted preprocessing (never refit), turns the forecasts back into
 prices and scores them against the naive forecast "the next close equals the last known close".
@@ -159,7 +160,9 @@ def evaluate_model(
         bundle, a horizon above the model's ``output_chunk_length``, or backtest settings out
         of range (a negative threshold, ``fee_bps`` outside ``[0, 5000)``).
     ArtifactError
-        A bundle file missing or tampered with (checksum mismatch).
+        A bundle file missing or tampered with (checksum mismatch), no manifest beside the
+        model file (an interrupted save), or the manifest edited (its digest does not match,
+        or its train end, columns or timeframe disagree with the checksummed files).
     DataError
         The window starts on or before the end of training (leakage), too little history
         before the window, or no rows in it.
@@ -187,6 +190,7 @@ def evaluate_model(
         mode=s.backtest_mode, threshold=s.backtest_threshold, fee_bps=s.fee_bps
     )
 
+    # every manifest fact read below is verified by load_bundle (digest, checksummed files)
     bundle = bundles.load_bundle(model_path, scaler_path)
     manifest = bundle.manifest
     where = str(bundle.paths.manifest)
