@@ -219,16 +219,19 @@ def tune(ctx: click.Context, end_date, **flags) -> None:
       kallos-run tune --model-name gru --asset-id BTC --end-date 2023-12-31 --n-trials 20
     """
     from kallos_models import pipeline
+    from kallos_models.stages.tune.interrupts import sigterm_as_interrupt
 
     s = settings(ctx, tune_end_date=end_date, **flags)
-    try:
-        result = pipeline.tune(s, show_progress=show_progress(ctx))
-    except KeyboardInterrupt:
-        click.echo(
-            "Interrupted: the running trial was marked failed; run the same command to resume.",
-            err=True,
-        )
-        ctx.exit(130)
+    with sigterm_as_interrupt() as stop:  # kill (SIGTERM) cleans up as Ctrl-C does
+        try:
+            result = pipeline.tune(s, show_progress=show_progress(ctx))
+        except KeyboardInterrupt:
+            click.echo(
+                f"{stop.word}: the running trial was marked failed; run the same command to "
+                "resume.",
+                err=True,
+            )
+            ctx.exit(stop.exit_status)  # 130 after Ctrl-C, 143 after SIGTERM
     echo_json(result.summary)
 
 

@@ -8,10 +8,13 @@ this module stays cheap.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
+import signal
+import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -23,7 +26,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["FitResult", "build_trainer_kwargs", "fit_forecaster", "resolve_n_epochs"]
+__all__ = [
+    "FitResult",
+    "build_trainer_kwargs",
+    "fit_forecaster",
+    "resolve_n_epochs",
+    "surface_interrupts",
+]
 
 
 def cuda_available() -> bool:
@@ -172,6 +181,45 @@ def resolve_n_epochs(
     return 100
 
 
+@contextlib.contextmanager
+def surface_interrupts() -> Iterator[None]:
+    """Let Ctrl-C (or SIGTERM) during a Lightning call reach the caller as KeyboardInterrupt.
+
+    Lightning 2.x catches a KeyboardInterrupt raised anywhere in ``Trainer.fit``, ``validate``
+    and ``predict`` (``_call_and_handle_interrupt``): it sets SIGINT to ``SIG_IGN`` for the rest
+    of the process, tears the trainer down and calls ``sys.exit(1)``. A SIGTERM that reaches
+    Lightning's own handler during a loop becomes its ``SIGTERMException``, a ``SystemExit``
+    with no code (exit status 0). Either skips the caller's interrupt handling: Optuna fails a
+    trial on KeyboardInterrupt but not on SystemExit, so the trial stayed RUNNING. Inside this
+    context both come out as :class:`KeyboardInterrupt`, and the SIGINT handler that was in
+    place before is put back. Wrap every call that may run a Lightning trainer (a Darts
+    ``fit``, ``predict`` or ``historical_forecasts``) in it.
+
+    Raises
+    ------
+    KeyboardInterrupt
+        In place of Lightning's ``SystemExit`` after an interrupt or a SIGTERM.
+    """
+    from pytorch_lightning.utilities.exceptions import SIGTERMException
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        yield
+    except SystemExit as exc:
+        if isinstance(exc, SIGTERMException) or isinstance(exc.__context__, KeyboardInterrupt):
+            raise KeyboardInterrupt() from None
+        raise
+    finally:
+        if (
+            main
+            and previous is not None
+            and previous is not signal.SIG_IGN
+            and signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        ):
+            signal.signal(signal.SIGINT, previous)
+
+
 def _seed_everything(seed: int) -> None:
     import random
 
@@ -186,13 +234,19 @@ def _seed_everything(seed: int) -> None:
 
 
 def _make_recorder() -> Any:
-    """A Lightning callback that counts training epochs and records val_loss per epoch."""
+    """A Lightning callback that counts training epochs, records val_loss per epoch and
+    notes an interrupt Lightning swallowed."""
     import pytorch_lightning as pl
 
     class _EpochRecorder(pl.Callback):
         def __init__(self) -> None:
             self.epochs_run = 0
             self.val_losses: list[float] = []
+            self.interrupted = False
+
+        def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+            if isinstance(exception, KeyboardInterrupt):
+                self.interrupted = True
 
         def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
             self.epochs_run += 1
@@ -285,6 +339,9 @@ def fit_forecaster(
         the validation series is shorter than ``output_chunk_length``.
     ConfigError
         ``early_stopping_patience`` is below 1 (with validation).
+    KeyboardInterrupt
+        Ctrl-C or SIGTERM during the fit, which Lightning would turn into its own exit (see
+        :func:`surface_interrupts`).
     """
     n_epochs = resolve_n_epochs(params, max_epochs, model_name)
     base_kwargs = dict(build_trainer_kwargs() if trainer_kwargs is None else trainer_kwargs)
@@ -352,7 +409,10 @@ def fit_forecaster(
         "" if prepared.val_target is None else f" ({len(prepared.val_target)} validation rows)",
     )
     started = time.perf_counter()
-    model.fit(**fit_kwargs)
+    with surface_interrupts():
+        model.fit(**fit_kwargs)
+    if recorder.interrupted:  # a Lightning that ends the fit quietly after Ctrl-C
+        raise KeyboardInterrupt()
     seconds = time.perf_counter() - started
     _strip_callbacks(model, internal)
 

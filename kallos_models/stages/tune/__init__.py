@@ -15,10 +15,11 @@ trial of a killed worker into FAIL and queue it again.
 
 The modules: :mod:`.api` (:func:`tune`, :func:`list_studies`), :mod:`.storage` (the Optuna
 storage and the trial gate), :mod:`.objective` (folds and the objective), :mod:`.workers` (the
-trial loop and worker processes), :mod:`.reports` (params file and plots) and :mod:`.quiet`
-(library logs and warnings). ``documentation/tuner.md`` describes the fold sizing, pruning,
-storage, workers, crash recovery and the output file. Optuna, Darts and torch are imported
-inside the functions that need them, so importing this package stays cheap.
+trial loop and worker processes), :mod:`.reports` (params file and plots), :mod:`.quiet`
+(library logs and warnings) and :mod:`.interrupts` (SIGTERM as Ctrl-C, a guarded clean-up).
+``documentation/tuner.md`` describes the fold sizing, pruning, storage, workers, crash recovery,
+interrupts and the output file. Optuna, Darts and torch are imported inside the functions that
+need them, so importing this package stays cheap.
 """
 
 from kallos_models.stages.tune.api import (

@@ -25,6 +25,7 @@ from kallos_models.data.features import resolve_indicators
 from kallos_models.errors import ConfigError, DataError, ModelError
 from kallos_models.modelling import fitting, zoo
 from kallos_models.stage_settings import TuneSettings, study_name_for, tune_settings
+from kallos_models.stages.tune.interrupts import finish_before_stopping
 from kallos_models.stages.tune.objective import Job, SearchSpaceFn, owner_tag, prepare, replace_job
 from kallos_models.stages.tune.quiet import quiet
 from kallos_models.stages.tune.reports import write_outputs
@@ -238,8 +239,10 @@ def tune(
     DatabaseError
         The data database or the storage cannot be reached (password masked).
     KeyboardInterrupt
-        Re-raised after Ctrl-C: the running trials are FAIL, none is left RUNNING, and the
-        params file holds the best trial so far when one completed.
+        Re-raised after Ctrl-C, wherever it lands (also inside a Lightning fit or predict):
+        the running trials are FAIL, none is left RUNNING, and the params file holds the best
+        trial so far when one completed. A second Ctrl-C during that clean-up is only logged;
+        a third stops it.
     """
     import optuna
 
@@ -334,18 +337,21 @@ def tune(
             elif n_workers > 1:
                 outcomes = run_workers(job, owners, n_workers)
         except KeyboardInterrupt:
-            fail_owned_running(study, owners)
-            logger.warning(
-                "interrupted: the running trial(s) are FAIL; %d of %d trials finished. Run the "
-                "same command again to resume",
-                n_finished(count_states(study)),
-                settings.n_trials,
-            )
-            with contextlib.suppress(Exception):
-                write_outputs(study, settings, storage_spec)
+            with finish_before_stopping("marking the interrupted trial(s) FAIL"):
+                fail_owned_running(study, owners)
+                logger.warning(
+                    "interrupted: the running trial(s) are FAIL; %d of %d trials finished. "
+                    "Run the same command again to resume",
+                    n_finished(count_states(study)),
+                    settings.n_trials,
+                )
+                with contextlib.suppress(Exception):
+                    write_outputs(study, settings, storage_spec)
             _tell_finished(observers, study, owners, "KILLED")
             raise
         except BaseException:
+            with contextlib.suppress(Exception):  # Optuna fails no trial on a SystemExit
+                fail_owned_running(study, owners)
             _tell_finished(observers, study, owners, "FAILED")
             raise
         params_path, reports, payload = write_outputs(study, settings, storage_spec)

@@ -99,8 +99,10 @@ def make_objective(job: Job, gate: TrialGate) -> Callable[[Any], float]:
     owner = owner_tag()
 
     def objective(trial: optuna.Trial) -> float:
-        gate.release()  # the trial is RUNNING in the storage: other workers may count it
+        # tagged first: until the gate is released, a RUNNING trial without this tag that the
+        # worker did not see before it asked is its own (see workers.run_worker)
         trial.set_user_attr("worker", owner)
+        gate.release()  # the trial is RUNNING in the storage: other workers may count it
         params = dict(space(trial, s.timeframe))
         lookback = int(params.get("input_chunk_length", spec.defaults["input_chunk_length"]))
         if lookback > job.max_lookback:
@@ -132,21 +134,30 @@ def make_objective(job: Job, gate: TrialGate) -> Callable[[Any], float]:
             started = time.perf_counter()
             prepared = prepare(job, train_df, val_df)
             try:
-                fit = fitting.fit_forecaster(
-                    s.model_name,
-                    params,
-                    prepared,
-                    max_epochs=s.trainer.max_epochs,
-                    seed=s.trainer.seed,
-                    trainer_kwargs=trainer_kwargs,
-                )
-                needed = forecasting.lookback_bars(
-                    int(fit.model.input_chunk_length), 1, prepared.preprocessor.target_transform
-                )
-                context = pd.concat([train_df.iloc[-needed:], val_df])
-                forecasts = forecasting.rolling_forecasts(
-                    fit.model, prepared.preprocessor, context, start=val_df.index[0], horizon=1
-                )
+                # Lightning turns Ctrl-C in a fit or a predict into sys.exit(1); this makes it a
+                # KeyboardInterrupt again, which Optuna turns into a FAIL and re-raises
+                with fitting.surface_interrupts():
+                    fit = fitting.fit_forecaster(
+                        s.model_name,
+                        params,
+                        prepared,
+                        max_epochs=s.trainer.max_epochs,
+                        seed=s.trainer.seed,
+                        trainer_kwargs=trainer_kwargs,
+                    )
+                    needed = forecasting.lookback_bars(
+                        int(fit.model.input_chunk_length),
+                        1,
+                        prepared.preprocessor.target_transform,
+                    )
+                    context = pd.concat([train_df.iloc[-needed:], val_df])
+                    forecasts = forecasting.rolling_forecasts(
+                        fit.model,
+                        prepared.preprocessor,
+                        context,
+                        start=val_df.index[0],
+                        horizon=1,
+                    )
                 scores_now = metrics.compute_metrics(
                     forecasts["actual"].to_numpy(),
                     forecasts["forecast"].to_numpy(),

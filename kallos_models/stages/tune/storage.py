@@ -208,15 +208,24 @@ class TrialGate:
         digest = hashlib.sha256(f"kallos-tune:{spec.schema}:{study_name}".encode()).digest()
         self._key = int.from_bytes(digest[:8], "big", signed=True)
         self._conn: Any = None
+        self._held = False
+
+    @property
+    def held(self) -> bool:
+        """Whether this process holds the gate: no other worker can start a trial now."""
+        return self._held
 
     def acquire(self) -> None:
         if self._engine is None or self._conn is not None:
+            self._held = True
             return
         conn = self._engine.connect()
         conn.execute(sa.text("SELECT pg_advisory_lock(:key)"), {"key": self._key})
         self._conn = conn
+        self._held = True
 
     def release(self) -> None:
+        self._held = False
         conn, self._conn = self._conn, None
         if conn is None:
             return

@@ -91,6 +91,28 @@ def _fail_stale(study: Any) -> None:
     optuna.storages.fail_stale_trials(study)
 
 
+def _running_numbers(study: Any) -> set[int]:
+    from optuna.trial import TrialState
+
+    return {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+
+
+def _fail_new_running(study: Any, before: set[int]) -> None:
+    """After Ctrl-C while this worker held the gate: mark FAIL the trial it had started.
+
+    Ctrl-C inside Optuna's ``ask`` (the trial row is written, the objective has not run yet)
+    leaves a RUNNING trial that Optuna does not fail and that carries no ``worker`` tag, or the
+    tag of the dead worker whose retry it is. While the gate is held no other worker starts a
+    trial, so a RUNNING trial not in ``before`` is this worker's.
+    """
+    from optuna.trial import TrialState
+
+    for number in sorted(_running_numbers(study) - before):
+        with contextlib.suppress(Exception):
+            study.tell(number, state=TrialState.FAIL, skip_if_finished=True)
+            logger.info("marked trial %d, interrupted as it started, as FAIL", number)
+
+
 def run_worker(job: Job, worker_index: int) -> None:
     """Run trials of the study until it has ``n_trials`` finished ones (or the deadline)."""
     import optuna
@@ -125,7 +147,13 @@ def run_worker(job: Job, worker_index: int) -> None:
                 wait = finished + counts["RUNNING"] >= s.n_trials
                 if not wait:
                     on_trial.last_state = None
-                    study.optimize(objective, n_trials=1, callbacks=[on_trial])
+                    running = _running_numbers(study)
+                    try:
+                        study.optimize(objective, n_trials=1, callbacks=[on_trial])
+                    except KeyboardInterrupt:
+                        if gate.held:  # before the objective tagged the new trial
+                            _fail_new_running(study, running)
+                        raise
             finally:
                 gate.release()
             if wait:  # the last missing trials are running elsewhere; wait for them
