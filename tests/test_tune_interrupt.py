@@ -14,6 +14,7 @@ it predicts. Trial 0 fits each of its 3 folds once, so the 4th fit is trial 1's 
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 import signal
@@ -251,8 +252,13 @@ def test_surface_interrupts_turns_lightnings_exit_back_into_keyboard_interrupt()
 def test_a_second_signal_during_the_clean_up_is_logged_and_a_third_stops_it(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
+    from kallos_models.stages.tune import interrupts
     from kallos_models.stages.tune.interrupts import finish_before_stopping
 
+    # on the module's logger itself: a CLI test before this one may stop kallos_models' loggers
+    # from propagating to the root logger, where caplog listens by default
+    interrupts.logger.addHandler(caplog.handler)
+    caplog.set_level(logging.WARNING, logger=interrupts.logger.name)
     before = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     with pytest.raises(KeyboardInterrupt), finish_before_stopping("marking trials FAIL"):
         os.kill(os.getpid(), signal.SIGTERM)
@@ -260,6 +266,7 @@ def test_a_second_signal_during_the_clean_up_is_logged_and_a_third_stops_it(
         assert "still marking trials FAIL" in caplog.text
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(5)  # not reached: the next signal stops at once
+    interrupts.logger.removeHandler(caplog.handler)
     assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == before
 
 
