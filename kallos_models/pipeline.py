@@ -26,11 +26,13 @@ from kallos_models.stage_settings import evaluate_settings, train_settings, tune
 if TYPE_CHECKING:
     import optuna
 
+    from kallos_models.stage_settings import PredictSettings
     from kallos_models.stages.evaluate import EvaluationResult
+    from kallos_models.stages.predict import PredictResult
     from kallos_models.stages.train import TrainResult
     from kallos_models.stages.tune import TuneResult
 
-__all__ = ["evaluate", "run_tuning", "train", "tune"]
+__all__ = ["evaluate", "predict", "run_tuning", "train", "tune"]
 
 
 def tune(
@@ -118,8 +120,13 @@ def evaluate(
     model_path: str | Path,
     scaler_path: str | Path | None = None,
     horizon: int | None = None,
+    retrain_every: int | str | None = None,
+    params_file: str | Path | None = None,
+    show_progress: bool = False,
 ) -> EvaluationResult:
-    """:func:`kallos_models.stages.evaluate.evaluate_model` on a bundle or a registry URI.
+    """:func:`kallos_models.stages.evaluate.evaluate_model` on a bundle or a registry URI, or
+    with ``retrain_every`` the retraining backtest
+    (:func:`kallos_models.stages.evaluate.retrain_backtest`).
 
     Parameters
     ----------
@@ -133,43 +140,115 @@ def evaluate(
         The bundle's scaler; None: the one its manifest names. Not with a registry URI.
     horizon : int or None, default None
         Forecast step scored; None: ``settings.horizon``.
+    retrain_every : int or str or None, default None
+        Refit the bundle's recipe every that many bars through the window; None: the
+        bundle's model, fitted once.
+    params_file : str or Path or None, default None
+        Hyperparameters of the refits (``train --params-file``'s format); None: the
+        bundle's. Only with ``retrain_every``.
+    show_progress : bool, default False
+        Lightning's progress bars during the refits.
 
     Returns
     -------
     EvaluationResult
         With ``tracking`` when tracking is on: the metrics and plot are logged to the run of
-        the model version trained as this bundle.
+        the model version trained as this bundle. A retraining backtest is not logged: it
+        judges the recipe, not that version's weights, whose ``holdout.*`` numbers stay.
 
     Raises
     ------
     ConfigError
-        ``scaler_path`` with a registry URI, and the stage's errors.
+        ``scaler_path`` with a registry URI, a bad ``retrain_every``, ``params_file``
+        without it, and the stage's errors.
     TrackingError
         A registry URI names no registered model, version or alias; MLflow refused to log.
     """
+    import logging
+
     from kallos_models.mlops import registry, tracking
     from kallos_models.modelling.bundles import is_registry_uri
-    from kallos_models.stages.evaluate import evaluate_model
+    from kallos_models.stages.evaluate import evaluate_model, retrain_backtest
 
-    stage = evaluate_settings(settings)  # required values checked before anything else
+    # required values and the retrain options checked before anything else
+    stage = evaluate_settings(settings, retrain_every=retrain_every, params_file=params_file)
     tracking.require_mlflow(settings)
+
+    def run(local: str | Path, scaler: str | Path | None, source: str | None) -> Any:
+        if stage.retrain_every is None:
+            return evaluate_model(
+                stage, model_path=local, scaler_path=scaler, horizon=horizon, source=source
+            )
+        return retrain_backtest(
+            stage,
+            model_path=local,
+            scaler_path=scaler,
+            horizon=horizon,
+            source=source,
+            show_progress=show_progress,
+        )
+
+    def log(result: EvaluationResult) -> dict[str, Any] | None:
+        if stage.retrain_every is None:
+            return _log_evaluation(settings, result)
+        if tracking.enabled(settings):
+            logging.getLogger(__name__).info(
+                "retraining backtest not logged to tracking: it judges the recipe, not the "
+                "registered weights"
+            )
+        return None
+
     if is_registry_uri(model_path):
         if scaler_path is not None:
             raise ConfigError(
                 "--scaler-path does not go with a models:/ URI: the registered bundle brings "
                 "its own scaler"
             )
-        with registry.downloaded_bundle(settings, str(model_path)) as local_model:
-            result = evaluate_model(
-                stage, model_path=local_model, horizon=horizon, source=str(model_path)
-            )
-            tracked = _log_evaluation(settings, result)
+        with registry.downloaded_bundle(settings, str(model_path)) as (local_model, _, _):
+            result = run(local_model, None, str(model_path))
+            tracked = log(result)
     else:
-        result = evaluate_model(
-            stage, model_path=model_path, scaler_path=scaler_path, horizon=horizon
-        )
-        tracked = _log_evaluation(settings, result)
+        result = run(model_path, scaler_path, None)
+        tracked = log(result)
     return dataclasses.replace(result, tracking=tracked) if tracked else result
+
+
+def predict(settings: Settings, stage: PredictSettings, *, model_path: str | Path) -> PredictResult:
+    """:func:`kallos_models.stages.predict.predict` on a bundle or a registry URI.
+
+    Parameters
+    ----------
+    settings : Settings
+        Resolved settings: ``tracking_uri`` for a registry URI. No default.
+    stage : PredictSettings
+        The stage's settings (:func:`kallos_models.stage_settings.predict_settings`).
+    model_path : str or Path
+        The bundle's ``.pt`` file, or ``models:/NAME@ALIAS`` / ``models:/NAME/VERSION``: that
+        version's bundle is downloaded, verified, and the forecast records its registered
+        name and version. No default.
+
+    Returns
+    -------
+    PredictResult
+    """
+    from kallos_models.modelling.bundles import is_registry_uri
+    from kallos_models.stages.predict import predict as predict_stage
+
+    if not is_registry_uri(model_path):
+        return predict_stage(stage, model_path=model_path)
+    from kallos_models.mlops import registry, tracking
+
+    tracking.require_mlflow(settings)
+    with registry.downloaded_bundle(settings, str(model_path)) as (local, name, version):
+        return predict_stage(
+            stage,
+            model_path=local,
+            source=str(model_path),
+            registered={
+                "name": name,
+                "version": int(version) if str(version).isdigit() else version,
+            },
+        )
 
 
 def _log_evaluation(settings: Settings, result: EvaluationResult) -> dict[str, Any] | None:

@@ -17,6 +17,7 @@ from it here, holding only what that stage reads:
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,12 +35,17 @@ __all__ = [
     "EvaluateSettings",
     "FeatureSettings",
     "MissingSettingError",
+    "PredictSettings",
+    "ScoreSettings",
     "TrainSettings",
     "TrainerSettings",
     "TuneSettings",
     "data_source",
     "evaluate_settings",
+    "parse_duration",
+    "predict_settings",
     "require",
+    "score_settings",
     "storage_source",
     "study_name_for",
     "train_settings",
@@ -51,6 +57,7 @@ DEFAULT_OUTPUT_DIRS: dict[str, Path] = {
     "tune": Path("."),  # the best-params file and report plots
     "train": Path("trained_models"),  # the bundle
     "evaluate": Path("evaluation_results"),  # the metrics file and the plot
+    "score": Path("scores"),  # the live-score plot
 }
 
 _WINDOW = (
@@ -274,10 +281,36 @@ class EvaluateSettings:
     backtest_mode: BacktestMode = "long"
     backtest_threshold: float = 0.0
     fee_bps: float = 10.0
+    #: Refit every this many bars through the window (a retraining backtest); None: fit once.
+    retrain_every: int | None = None
+    #: Hyperparameters of the refits (as for train); None: the bundle's.
+    params_file: Path | None = None
 
 
-def evaluate_settings(settings: Settings) -> EvaluateSettings:
-    """The evaluate stage's settings; required: ``asset_id`` and the hold-out window."""
+def evaluate_settings(
+    settings: Settings,
+    *,
+    retrain_every: int | str | None = None,
+    params_file: str | Path | None = None,
+) -> EvaluateSettings:
+    """The evaluate stage's settings; required: ``asset_id`` and the hold-out window.
+
+    ``retrain_every`` (bars, a whole number >= 1) and ``params_file`` come from the
+    arguments only, like predict's options: they choose the retraining backtest for one run.
+    """
+    every = None if retrain_every is None else str(retrain_every).strip()
+    whole = every is not None and every.isascii() and every.isdigit()
+    if every is not None and (isinstance(retrain_every, bool) or not whole or int(every) < 1):
+        raise ConfigError(
+            f"--retrain-every must be a whole number of bars >= 1 (refit every that many "
+            f"bars), got {retrain_every!r}; e.g. --retrain-every 30"
+        )
+    if params_file is not None and every is None:
+        raise ConfigError(
+            "--params-file sets the hyperparameters of the refits and goes with "
+            "--retrain-every N; without it evaluate refits nothing and would ignore the file: "
+            "add --retrain-every or drop --params-file"
+        )
     asset_id = str(require(settings, "asset_id"))
     start = _required_date(settings, "test_start_date")
     end = _required_date(settings, "test_end_date")
@@ -298,6 +331,8 @@ def evaluate_settings(settings: Settings) -> EvaluateSettings:
         backtest_mode=settings.backtest_mode,
         backtest_threshold=float(settings.backtest_threshold),
         fee_bps=float(settings.fee_bps),
+        retrain_every=None if every is None else int(every),
+        params_file=None if params_file is None else Path(params_file),
     )
 
 
@@ -358,4 +393,116 @@ def tune_settings(settings: Settings) -> TuneSettings:
         heartbeat_interval=settings.heartbeat_interval,
         grace_period=settings.grace_period,
         output_dir=_output_dir(settings, "tune"),
+    )
+
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(m|min|h|d|w)\s*$", re.IGNORECASE)
+_DURATION_UNITS = {"m": "min", "min": "min", "h": "h", "d": "D", "w": "W"}
+
+
+def parse_duration(value: str | pd.Timedelta | None, flag: str) -> pd.Timedelta | None:
+    """A duration such as ``90m``, ``36h``, ``3d`` or ``2w`` (None stays None).
+
+    Raises
+    ------
+    ConfigError
+        Not ``<number><m|h|d|w>``, or not positive; the message names ``flag``.
+    """
+    if value is None or isinstance(value, pd.Timedelta):
+        delta = value
+    else:
+        match = _DURATION.match(str(value))
+        if not match:
+            raise ConfigError(
+                f"{flag} {value!r} is not a duration; write a number and a unit m, h, d or w, "
+                "e.g. 36h or 3d"
+            )
+        delta = pd.Timedelta(float(match.group(1)), unit=_DURATION_UNITS[match.group(2).lower()])
+    if delta is not None and delta <= pd.Timedelta(0):
+        raise ConfigError(f"{flag} must be longer than zero, got {value!r}")
+    return delta
+
+
+@dataclass(frozen=True)
+class PredictSettings:
+    """What ``predict`` reads. ``asset_id`` and ``timeframe`` None: the bundle's; ``max_age``
+    None: two bars of the timeframe; ``as_of`` None: now (UTC)."""
+
+    database: DataSource
+    asset_id: str | None
+    timeframe: str | None
+    horizon: int
+    max_age: pd.Timedelta | None
+    as_of: pd.Timestamp | None
+    max_gap_bars: int
+    fill_gaps: bool = False
+    store: bool = True
+
+
+def predict_settings(
+    settings: Settings,
+    *,
+    timeframe: str | None = None,
+    max_age: str | pd.Timedelta | None = None,
+    as_of: str | pd.Timestamp | None = None,
+    fill_gaps: bool = False,
+    store: bool = True,
+) -> PredictSettings:
+    """The predict stage's settings; nothing is required beyond the bundle.
+
+    ``timeframe`` is taken from the argument only (the settings' default ``1d`` would not
+    say whether the user chose it); the other values as :class:`PredictSettings`.
+    """
+    return PredictSettings(
+        database=data_source(settings),
+        asset_id=None if settings.asset_id is None else str(settings.asset_id),
+        timeframe=timeframe,
+        horizon=settings.horizon,
+        max_age=parse_duration(max_age, "--max-age"),
+        as_of=parse_date(as_of, "--as-of"),
+        max_gap_bars=settings.max_gap_bars,
+        fill_gaps=fill_gaps,
+        store=store,
+    )
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    """What ``score`` reads: the filters (None: all), the recent window, the rolling window
+    of the plot (in scored forecasts), the drift threshold and the plot's folder."""
+
+    database: DataSource
+    asset_id: str | None
+    timeframe: str | None
+    model: str | None
+    last: pd.Timedelta
+    window: int
+    max_ratio: float | None
+    output_dir: Path
+
+
+def score_settings(
+    settings: Settings,
+    *,
+    timeframe: str | None = None,
+    model: str | None = None,
+    last: str | pd.Timedelta | None = "30d",
+    window: int = 30,
+    max_ratio: float | None = None,
+) -> ScoreSettings:
+    """The score stage's settings (``timeframe`` from the argument only, as for predict)."""
+    if isinstance(window, bool) or not isinstance(window, int) or window < 2:
+        raise ConfigError(f"--window must be a whole number of forecasts >= 2, got {window!r}")
+    if max_ratio is not None and not float(max_ratio) > 0:
+        raise ConfigError(f"--max-ratio must be above 0, got {max_ratio!r}")
+    recent = parse_duration(last if last is not None else "30d", "--last")
+    return ScoreSettings(
+        database=data_source(settings),
+        asset_id=None if settings.asset_id is None else str(settings.asset_id),
+        timeframe=timeframe,
+        model=model,
+        last=recent if recent is not None else pd.Timedelta(days=30),
+        window=window,
+        max_ratio=None if max_ratio is None else float(max_ratio),
+        output_dir=_output_dir(settings, "score"),
     )

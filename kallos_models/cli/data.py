@@ -37,13 +37,49 @@ logger = logging.getLogger("kallos_models")
     "symbol",
     default=None,
     metavar="SYMBOL",
-    help="Download Binance's monthly spot archive for SYMBOL (e.g. BTCUSDT) instead of --file.",
+    help="Download Binance's spot archive for SYMBOL (e.g. BTCUSDT) instead of --file: monthly "
+    "files, then the current month's daily files up to yesterday when --end is omitted or "
+    "names the current month.",
 )
 @click.option(
     "--start", default=None, metavar="YYYY-MM", help="First archive month [default: 2017-08]."
 )
 @click.option(
-    "--end", default=None, metavar="YYYY-MM", help="Last archive month [default: last full month]."
+    "--end",
+    default=None,
+    metavar="YYYY-MM",
+    help="Last archive month [default: the current month: monthly files to the last full "
+    "month, then daily files to yesterday]; a past month takes monthly files only.",
+)
+@click.option(
+    "--exchange",
+    "exchange_id",
+    default=None,
+    metavar="ID",
+    help="Fetch the bars after the newest stored one from this exchange's API through ccxt "
+    "(e.g. binance; needs the exchange extra) instead of --file.",
+)
+@click.option(
+    "--symbol",
+    "symbol_pair",
+    default=None,
+    metavar="SYMBOL",
+    help="Market for --exchange, e.g. BTC/USDT.",
+)
+@click.option(
+    "--since",
+    default=None,
+    metavar="DATE",
+    help="First open time for --exchange (UTC) [default: the bar after the newest stored one; "
+    "required when nothing is stored].",
+)
+@click.option(
+    "--exchange-url",
+    default=None,
+    envvar="KALLOS_EXCHANGE_URL",
+    metavar="URL",
+    help="Base URL replacing the exchange's API host (a proxy, a local server). "
+    "Default: KALLOS_EXCHANGE_URL, else the exchange's own.",
 )
 @click.option(
     "--format",
@@ -66,25 +102,28 @@ def ingest(
     symbol,
     start,
     end,
+    exchange_id,
+    symbol_pair,
+    since,
+    exchange_url,
     fmt,
     skip_invalid,
     db_url,
 ) -> None:
     """Load candles into the database (indicators are computed when data is loaded).
 
-    From a file, or from Binance's public monthly archive (checksums verified, cached,
-    resumable). Validates every row, upserts the valid ones in one transaction and prints a
-    JSON summary.
+    From a file, from Binance's public archive (monthly files, then the daily files of the
+    current month when --end reaches it; checksums verified, cached, resumable), or from an
+    exchange's API through ccxt (only the closed bars after the newest stored one). Validates
+    every row, upserts the valid ones in one transaction and prints a JSON summary.
 
     \b
     Example:
       kallos-run ingest --asset-id BTC --timeframe 4h --file BTCUSDT_4h.csv --skip-invalid
       kallos-run ingest --asset-id BTC --timeframe 1d --binance BTCUSDT --start 2018-01
+      kallos-run ingest --asset-id BTC --timeframe 4h --exchange binance --symbol BTC/USDT
     """
-    if (file_path is None) == (symbol is None):
-        raise click.UsageError("give exactly one of --file PATH or --binance SYMBOL")
-    if symbol is None and (start or end):
-        raise click.UsageError("--start and --end go with --binance")
+    _check_sources(file_path, symbol, exchange_id, start, end, symbol_pair, since)
     s = settings(ctx, asset_id=asset_id, timeframe=timeframe, db_url=db_url)
     from kallos_models.stage_settings import require
 
@@ -93,10 +132,54 @@ def ingest(
         summary = _ingest_file(ctx, s, asset, file_path, fmt, skip_invalid)
         _print_ingest(summary.warnings, summary.as_dict())
         return
+    if exchange_id is not None:
+        fetched = _ingest_exchange(
+            ctx, s, asset, exchange_id, symbol_pair, since, exchange_url, skip_invalid
+        )
+        warnings = fetched.ingest.warnings if fetched.ingest else []
+        _print_ingest(warnings, fetched.as_dict(), fetched.notes)
+        return
     result = _ingest_archive(ctx, s, asset, symbol, start, end, skip_invalid)
-    _print_ingest(result.ingest.warnings if result.ingest else [], result.as_dict())
-    if result.months_refused:
-        raise click.ClickException(_refused_message(result.months_refused, result.months_used))
+    _print_ingest(result.ingest.warnings if result.ingest else [], result.as_dict(), result.notes)
+    if result.months_refused or result.days_refused:
+        refused = [*result.months_refused, *result.days_refused]
+        raise click.ClickException(
+            _refused_message(refused, [*result.months_used, *result.days_used])
+        )
+
+
+def _check_sources(file_path, symbol, exchange_id, start, end, symbol_pair, since) -> None:
+    """Exactly one source, and each source's own options only with it (usage errors)."""
+    if sum(x is not None for x in (file_path, symbol, exchange_id)) != 1:
+        raise click.UsageError("give exactly one of --file PATH, --binance SYMBOL or --exchange ID")
+    if symbol is None and (start or end):
+        raise click.UsageError("--start and --end go with --binance")
+    if exchange_id is None and (symbol_pair or since):
+        raise click.UsageError("--symbol and --since go with --exchange")
+    if exchange_id is not None and not symbol_pair:
+        raise click.UsageError("--exchange needs --symbol, e.g. --symbol BTC/USDT")
+
+
+def _ingest_exchange(
+    ctx: click.Context, s, asset: str, exchange_id, symbol, since, url, skip_invalid: bool
+):
+    """`ingest --exchange`: the library's :func:`~kallos_models.data.exchange.ingest_exchange`."""
+    from kallos_models.data import db, exchange
+    from kallos_models.stage_settings import data_source
+
+    db.check_key(asset, s.timeframe)
+    exchange.check_exchange(exchange_id, api_url=url)  # before the database is created
+    return exchange.ingest_exchange(
+        db.create_db_engine(data_source(s).url, for_writing=True),
+        asset,
+        exchange_id,
+        symbol,
+        s.timeframe,
+        since=since,
+        api_url=url,
+        skip_invalid=skip_invalid,
+        progress=_progress(ctx),
+    )
 
 
 def _ingest_file(
@@ -142,17 +225,21 @@ def _ingest_archive(ctx: click.Context, s, asset: str, symbol, start, end, skip_
     )
 
 
-def _print_ingest(warnings: Iterable[str], summary: dict[str, Any]) -> None:
-    """The ingest's warnings as log lines on stderr, its summary as JSON on stdout."""
+def _print_ingest(
+    warnings: Iterable[str], summary: dict[str, Any], notes: Iterable[str] = ()
+) -> None:
+    """The ingest's warnings and notes as log lines on stderr, its summary as JSON on stdout."""
     for warning in warnings:
         logger.warning(warning)
+    for note in notes:
+        logger.info(note)
     echo_json(summary)
 
 
 def _refused_message(refused: list[str], used: list[str]) -> str:
     return (
-        f"archive months {', '.join(refused)} failed their checksum and were not ingested (the "
-        f"other {len(used)} months were); run the same command again to retry them"
+        f"archive files {', '.join(refused)} failed their checksum and were not ingested (the "
+        f"other {len(used)} files were); run the same command again to retry them"
     )
 
 

@@ -153,15 +153,32 @@ def train(ctx: click.Context, end_date, params_file, overwrite, **flags) -> None
 @click.option(
     "--fee-bps", type=float, default=None, help="Cost per unit of position change [default: 10]."
 )
+@click.option(
+    "--retrain-every",
+    default=None,
+    metavar="BARS",
+    help="Refit the model every BARS bars through the window on all data before each refit "
+    "(preprocessing too), as live retraining would [default: fit once, the bundle's model].",
+)
+@click.option(
+    "--params-file",
+    default=None,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Hyperparameters of the refits, as for train [default: the bundle's]; needs "
+    "--retrain-every.",
+)
 @db_option
 @tracking_option
 @click.pass_context
-def evaluate(ctx: click.Context, model_path, scaler_path, horizon, **flags) -> None:
+def evaluate(
+    ctx: click.Context, model_path, scaler_path, horizon, retrain_every, params_file, **flags
+) -> None:
     """Judge a trained bundle on a hold-out window against a naive forecast.
 
     Writes {asset}_evaluation_metrics.json and {asset}_evaluation_plot.png (BTC_4h_... for a
     timeframe other than 1d); prints the metrics. With a tracking URI they are logged to the
-    run of the bundle's registered version.
+    run of the bundle's registered version. With --retrain-every N the bundle's recipe is
+    refit every N bars (a retraining backtest, not tracked); the JSON adds n_refits, refits.
 
     \b
     Example:
@@ -170,11 +187,21 @@ def evaluate(ctx: click.Context, model_path, scaler_path, horizon, **flags) -> N
           --test-start-date 2024-07-01 --test-end-date 2025-07-04
       kallos-run evaluate --asset-id BTC --model-path models:/gru_BTC_1d@champion \\
           --test-start-date 2024-07-01 --test-end-date 2025-07-04 --tracking-uri sqlite:///mlflow.db
+      kallos-run evaluate --asset-id BTC --model-path trained_models/gru_BTC.pt \\
+          --test-start-date 2024-07-01 --test-end-date 2025-06-30 --retrain-every 30
     """
     from kallos_models import pipeline
 
     s = settings(ctx, horizon=horizon, **flags)
-    result = pipeline.evaluate(s, model_path=model_path, scaler_path=scaler_path, horizon=horizon)
+    result = pipeline.evaluate(
+        s,
+        model_path=model_path,
+        scaler_path=scaler_path,
+        horizon=horizon,
+        retrain_every=retrain_every,
+        params_file=params_file,
+        show_progress=show_progress(ctx),
+    )
     logger.info("metrics: %s; plot: %s", result.metrics_path, result.plot_path)
     if result.tracking and result.tracking.get("version") is not None:
         t = result.tracking

@@ -1,9 +1,16 @@
-"""Download Binance's public monthly spot kline archives, verified, cached and resumable.
+"""Download Binance's public spot kline archives, verified, cached and resumable.
 
 Layout (``base`` is the ``binance_archive_url`` setting, default https://data.binance.vision)::
 
     <base>/data/spot/monthly/klines/<SYMBOL>/<interval>/<SYMBOL>-<interval>-<YYYY-MM>.zip
     <base>/data/spot/monthly/klines/<SYMBOL>/<interval>/<SYMBOL>-<interval>-<YYYY-MM>.zip.CHECKSUM
+    <base>/data/spot/daily/klines/<SYMBOL>/<interval>/<SYMBOL>-<interval>-<YYYY-MM-DD>.zip
+    (and its .CHECKSUM)
+
+Monthly files cover the months up to the last full one; the current month comes from its
+daily files, the 1st to yesterday (:func:`archive_plan`), so the archive alone reaches
+yesterday. Binance publishes each file with a delay: a missing last monthly file is replaced by
+that month's daily files, and missing days at the end are reported, not refused.
 
 Each zip is downloaded to ``<name>.part`` (continued with an HTTP Range request after an
 interruption), its SHA-256 checked against the ``.CHECKSUM`` file, and only then renamed into
@@ -37,6 +44,7 @@ from kallos_models.errors import ConfigError, DataError
 logger = logging.getLogger(__name__)
 
 _MONTH_RE = re.compile(r"^\d{4}-(0[1-9]|1[0-2])$")
+_DAY_RE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
 _SYMBOL_RE = re.compile(r"^[A-Z0-9]{2,20}$")
 CHUNK = 1 << 16
 TIMEOUT_S = 60
@@ -45,7 +53,8 @@ RETRIES = 3
 
 @dataclass(frozen=True)
 class ArchiveResult:
-    """What an archive ingest did: the months used, missing and refused, and the ingest."""
+    """What an archive ingest did: the months and days used, missing and refused, and the
+    ingest. ``downloaded`` and ``from_cache`` name both (``2025-02``, ``2025-03-04``)."""
 
     symbol: str
     interval: str
@@ -56,6 +65,9 @@ class ArchiveResult:
     from_cache: list[str]
     ingest: IngestSummary | None
     notes: list[str] = field(default_factory=list)
+    days_used: list[str] = field(default_factory=list)
+    days_missing: list[str] = field(default_factory=list)
+    days_refused: dict[str, str] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -64,8 +76,12 @@ class ArchiveResult:
             "months_used": self.months_used,
             "months_missing": self.months_missing,
             "months_refused": self.months_refused,
+            "days_used": self.days_used,
+            "days_missing": self.days_missing,
+            "days_refused": self.days_refused,
             "downloaded": self.downloaded,
             "from_cache": self.from_cache,
+            "notes": self.notes,
             "ingest": None if self.ingest is None else self.ingest.as_dict(),
         }
 
@@ -84,9 +100,45 @@ def month_range(start: str, end: str | None) -> list[str]:
     return [p.strftime("%Y-%m") for p in periods]
 
 
-def archive_url(base: str, symbol: str, interval: str, month: str) -> str:
-    name = f"{symbol}-{interval}-{month}.zip"
-    return f"{base.rstrip('/')}/data/spot/monthly/klines/{symbol}/{interval}/{name}"
+def archive_plan(
+    start: str, end: str | None, today: pd.Timestamp | None = None
+) -> tuple[list[str], list[str]]:
+    """The monthly files and the daily files to fetch: ``(months, days)``.
+
+    Months from ``start`` to ``end``, each before the current month as its monthly file; the
+    current month, when ``end`` is omitted or names it, as its daily files from the 1st to
+    yesterday (none on the 1st). ``end`` after the current month is refused. ``today``
+    defaults to the current UTC date.
+    """
+    today = (today or pd.Timestamp.now(tz="UTC").tz_localize(None)).normalize()
+    current = today.strftime("%Y-%m")
+    if end is not None and _MONTH_RE.match(end) and end > current:
+        raise ConfigError(
+            f"--end {end} is after the current month {current}; the archive has nothing later "
+            f"(leave --end out to reach yesterday)"
+        )
+    if start == current and _MONTH_RE.match(start):
+        months: list[str] = []
+    else:
+        last_full = (today.to_period("M") - 1).strftime("%Y-%m")
+        months = month_range(start, last_full if end is None or end == current else end)
+    days: list[str] = []
+    if end is None or end == current:
+        days = [d.strftime("%Y-%m-%d") for d in pd.date_range(today.replace(day=1), today)][:-1]
+    return months, days
+
+
+def month_days(month: str) -> list[str]:
+    """The days ``YYYY-MM-DD`` of ``month``."""
+    first = pd.Timestamp(f"{month}-01")
+    return [d.strftime("%Y-%m-%d") for d in pd.date_range(first, first + pd.offsets.MonthEnd(0))]
+
+
+def archive_url(base: str, symbol: str, interval: str, period: str) -> str:
+    """The URL of a monthly (``period`` ``YYYY-MM``) or daily (``YYYY-MM-DD``) file."""
+    kind = "daily" if _DAY_RE.match(period) else "monthly"
+    name = f"{symbol}-{interval}-{period}.zip"
+    return f"{base.rstrip('/')}/data/spot/{kind}/klines/{symbol}/{interval}/{name}"
 
 
 def _sha256(path: Path) -> str:
@@ -149,7 +201,8 @@ def _download(url: str, part: Path) -> None:
 def fetch_month(
     base: str, symbol: str, interval: str, month: str, cache_dir: Path
 ) -> tuple[Path | None, str]:
-    """Make one month's verified zip available in the cache.
+    """Make one month's (or, with ``month`` ``YYYY-MM-DD``, one day's) verified zip
+    available in the cache.
 
     Returns ``(path, how)`` with how one of ``cache``, ``downloaded``, ``missing`` (no such
     archive: path None). Raises DataError when the download does not match its checksum.
@@ -214,8 +267,10 @@ def ingest_binance_archive(
     cache_dir: str | Path | None = None,
     skip_invalid: bool = False,
     progress: Progress | None = None,
+    today: pd.Timestamp | None = None,
 ) -> ArchiveResult:
-    """Download, verify and ingest Binance monthly klines for ``symbol`` and ``interval``.
+    """Download, verify and ingest Binance klines for ``symbol`` and ``interval``: monthly
+    files, then the current month's daily files (see :func:`archive_plan`).
 
     Parameters
     ----------
@@ -228,7 +283,9 @@ def ingest_binance_archive(
     interval
         Binance interval, the same string as the timeframe (``1d``, ``4h``, ...).
     start, end
-        Months ``YYYY-MM``; default from 2017-08 to the last full month.
+        Months ``YYYY-MM``; default from 2017-08 to the current month: monthly files to the
+        last full month, then daily files to yesterday. An ``end`` before the current month
+        takes monthly files only.
     base_url
         Archive root; default Binance's public archive.
     cache_dir
@@ -237,17 +294,19 @@ def ingest_binance_archive(
         As for file ingest.
     progress
         As for file ingest.
+    today
+        The date the plan is made for; default None, the current UTC date.
 
     Returns
     -------
     ArchiveResult
-        Months used, missing (no archive: before the listing, or not published) and refused
-        (checksum mismatch). Valid months are ingested even when another month is refused;
-        the caller reports the refusal (the CLI exits 1).
+        Months and days used, missing (no archive: before the listing, or not published yet)
+        and refused (checksum mismatch). Valid files are ingested even when another is
+        refused; the caller reports the refusal (the CLI exits 1).
     """
     if not _SYMBOL_RE.match(symbol):
         raise ConfigError(f"--binance {symbol!r} is not a Binance symbol; write it like BTCUSDT")
-    months = month_range(start, end)
+    months, days = archive_plan(start, end, today)
     cache = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "kallos-models" / "binance"
     cache = cache / symbol / interval
     cache.mkdir(parents=True, exist_ok=True)
@@ -256,48 +315,91 @@ def ingest_binance_archive(
     refused: dict[str, str] = {}
     downloaded: list[str] = []
     cached: list[str] = []
+    notes: list[str] = []
     counted = {"lines": 0}
+    # the last full month falls back to its daily files while its monthly one is not out
+    now = (today or pd.Timestamp.now(tz="UTC").tz_localize(None)).to_period("M")
+    reaches = end is None or end == now.strftime("%Y-%m")
+    last_full = (now - 1).strftime("%Y-%m")
+    fallback = months[-1] if reaches and months and months[-1] == last_full else None
+    plan = [*months, *days]
+    first, last = (plan[0], plan[-1]) if plan else (start, start)
 
-    def month_chunks() -> Iterator[Chunk]:
-        """Each usable month's rows, fetched when the ingest asks for them (one month at a
-        time in memory); the months used, missing and refused are recorded on the way."""
-        for done, month in enumerate(months, start=1):
+    def file_chunks() -> Iterator[Chunk]:
+        """Each usable file's rows, fetched when the ingest asks for them (one file at a
+        time in memory); the files used, missing and refused are recorded on the way."""
+        done = 0
+        while plan:
+            period = plan.pop(0)
+            done += 1
             try:
-                path, how = fetch_month(base_url, symbol, interval, month, cache)
+                path, how = fetch_month(base_url, symbol, interval, period, cache)
             except DataError as exc:
-                refused[month] = str(exc)
+                refused[period] = str(exc)
                 logger.error("%s", exc)
                 continue
             except (urllib.error.URLError, OSError) as exc:
                 raise DataError(
-                    f"cannot download {archive_url(base_url, symbol, interval, month)}: {exc}; "
-                    "check the network or the binance_archive_url setting, then run again "
-                    "(finished months are cached)"
+                    f"cannot download {archive_url(base_url, symbol, interval, period)}: "
+                    f"{exc}; check the network or the binance_archive_url setting, then run "
+                    "again (finished files are cached)"
                 ) from None
             if path is None:
-                missing.append(month)
+                missing.append(period)
+                if period == fallback:
+                    plan[:0] = month_days(period)
+                    notes.append(
+                        f"{period}: the monthly file is not published yet; its daily files "
+                        "were used"
+                    )
                 continue
-            (downloaded if how == "downloaded" else cached).append(month)
-            used.append(month)
-            logger.info("%s %s %s: %s", symbol, interval, month, how)
+            (downloaded if how == "downloaded" else cached).append(period)
+            used.append(period)
+            logger.info("%s %s %s: %s", symbol, interval, period, how)
             for chunk in read_archive_zip(path, counted["lines"] + 1):
                 counted["lines"] += len(chunk.frame)
-                yield Chunk(chunk.frame, chunk.first_line, done / len(months))
+                yield Chunk(chunk.frame, chunk.first_line, done / (done + len(plan)))
         if not used:
             raise DataError(
-                f"no archive month of {symbol} {interval} between {months[0]} and {months[-1]} "
-                f"could be used (missing: {len(missing)}, refused: {len(refused)}); "
-                "check the symbol and interval"
+                f"no archive file of {symbol} {interval} from {first} to {last} could be used "
+                f"(missing: {len(missing)}, refused: {len(refused)}); check the symbol and "
+                "interval (Binance publishes a day's file about a day later)"
             )
 
     summary = ingest_chunks(
         engine,
         asset_id,
         interval,
-        month_chunks(),
-        source=f"binance archive {symbol} {interval} {months[0]}..{months[-1]}",
+        file_chunks(),
+        source=f"binance archive {symbol} {interval} {first}..{last}",
         fmt_name="binance",
         skip_invalid=skip_invalid,
         progress=progress,
     )
-    return ArchiveResult(symbol, interval, used, missing, refused, downloaded, cached, summary)
+    day_missing = [p for p in missing if _DAY_RE.match(p)]
+    trailing = _trailing(day_missing, [p for p in used if _DAY_RE.match(p)])
+    if trailing:
+        notes.append(
+            f"daily files from {trailing[0]} to {trailing[-1]} are not published yet (Binance "
+            "publishes each day with a delay); run again later for them"
+        )
+    return ArchiveResult(
+        symbol,
+        interval,
+        [p for p in used if not _DAY_RE.match(p)],
+        [p for p in missing if not _DAY_RE.match(p)],
+        {p: r for p, r in refused.items() if not _DAY_RE.match(p)},
+        downloaded,
+        cached,
+        summary,
+        notes,
+        days_used=[p for p in used if _DAY_RE.match(p)],
+        days_missing=day_missing,
+        days_refused={p: r for p, r in refused.items() if _DAY_RE.match(p)},
+    )
+
+
+def _trailing(missing: list[str], used: list[str]) -> list[str]:
+    """The missing days after the last day used (the ones not published yet)."""
+    newest = max(used, default="")
+    return sorted(d for d in missing if d > newest)

@@ -30,7 +30,9 @@ __all__ = [
     "mask_url",
     "read_market_frame",
     "resolve_url",
+    "newest_open_time",
     "scrub",
+    "set_up_tables",
     "translate_write_errors",
     "url_from_db_kwargs",
     "writing",
@@ -71,6 +73,27 @@ market_table = sa.Table(
     sa.Column("open_time", sa.DateTime(timezone=False), primary_key=True),
     *[sa.Column(c, sa.Float, nullable=False) for c in PRICE_COLUMNS],
     *[sa.Column(c, sa.Float, nullable=True) for c in KLINE_COLUMNS],
+)
+
+FORECASTS_TABLE = "forecasts"
+#: Stored forecasts (:mod:`kallos_models.data.forecast_store`), one row per model, asset,
+#: origin bar and step; created by the first ``predict`` that stores one.
+forecasts_table = sa.Table(
+    FORECASTS_TABLE,
+    metadata,
+    sa.Column("model_id", sa.String(80), primary_key=True),  # the bundle's manifest digest
+    sa.Column("asset_id", sa.String(ASSET_ID_MAX), primary_key=True),
+    sa.Column("timeframe", sa.String(TIMEFRAME_MAX), primary_key=True),
+    sa.Column("origin_time", sa.DateTime(timezone=False), primary_key=True),
+    sa.Column("step", sa.Integer, primary_key=True),
+    sa.Column("target_time", sa.DateTime(timezone=False), nullable=False),
+    sa.Column("forecast", sa.Float, nullable=False),
+    sa.Column("origin_close", sa.Float, nullable=False),
+    sa.Column("model_name", sa.String(64), nullable=False),
+    sa.Column("registered_model", sa.String(255), nullable=True),
+    sa.Column("model_version", sa.String(32), nullable=True),
+    sa.Column("created_at", sa.DateTime(timezone=False), nullable=False),
+    sa.Index("ix_forecasts_target", "asset_id", "timeframe", "target_time"),
 )
 
 
@@ -173,7 +196,7 @@ def create_db_engine(
         with engine.connect() as conn:
             conn.execute(sa.select(sa.literal(1)))
         if create_tables and not _tables_ready(engine):
-            _set_up_tables(engine)
+            set_up_tables(engine)
     except sa.exc.DBAPIError as exc:
         engine.dispose()
         raise _refusal(exc, url) or _setup_error(exc, url) from None
@@ -208,8 +231,9 @@ def _tables_ready(engine: Engine) -> bool:
     return LEGACY_NOT_NULL_COLUMN not in {c["name"] for c in inspector.get_columns(MARKET_TABLE)}
 
 
-def _set_up_tables(engine: Engine) -> None:
-    """``create_all`` and the legacy migration in one transaction, serialised across processes.
+def set_up_tables(engine: Engine) -> None:
+    """``create_all`` (the market and forecasts tables) and the legacy migration in one
+    transaction, serialised across processes.
 
     The lock is taken before the existence checks, so a second process waits for the first
     and then finds the table; PostgreSQL's DDL is transactional, SQLite holds its write lock.
@@ -237,7 +261,7 @@ def _drop_legacy_flag(conn: Connection) -> bool:
     That schema stored indicator columns (kept, and ignored: nothing reads them) and a NOT
     NULL ``warmup`` flag that candle-only inserts cannot fill. Dropping it is the one-line
     migration ``ALTER TABLE market_data DROP COLUMN warmup``, run inside the schema lock of
-    :func:`_set_up_tables`; no candle is touched. Returns whether it ran.
+    :func:`set_up_tables`; no candle is touched. Returns whether it ran.
     """
     columns = {c["name"] for c in sa.inspect(conn).get_columns(MARKET_TABLE)}
     if LEGACY_NOT_NULL_COLUMN not in columns:
@@ -409,6 +433,21 @@ def count_rows(conn: Connection | Engine, asset_id: str, timeframe: str) -> int:
     )
     with conn.connect() if isinstance(conn, Engine) else nullcontext(conn) as c:
         return int(c.execute(query).scalar_one())
+
+
+def newest_open_time(
+    conn: Connection | Engine, asset_id: str, timeframe: str, *, at_most: pd.Timestamp | None = None
+) -> pd.Timestamp | None:
+    """Open time of the newest stored bar (at or before ``at_most``); None when there is none."""
+    t = market_table
+    query = sa.select(sa.func.max(t.c.open_time)).where(
+        t.c.asset_id == asset_id, t.c.timeframe == timeframe
+    )
+    if at_most is not None:
+        query = query.where(t.c.open_time <= at_most.to_pydatetime())
+    with conn.connect() if isinstance(conn, Engine) else nullcontext(conn) as c:
+        value = c.execute(query).scalar_one()
+    return None if value is None else pd.Timestamp(value)
 
 
 def _detail(exc: sa.exc.DBAPIError, url: URL) -> str:

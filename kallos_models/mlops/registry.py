@@ -467,7 +467,7 @@ def archive(settings: Settings, version: int | str) -> dict[str, Any]:
 
 
 @contextlib.contextmanager
-def downloaded_bundle(settings: Settings, uri: str) -> Iterator[Path]:
+def downloaded_bundle(settings: Settings, uri: str) -> Iterator[tuple[Path, str, str]]:
     """Download the bundle a ``models:/`` URI names into a temporary directory.
 
     Parameters
@@ -479,9 +479,10 @@ def downloaded_bundle(settings: Settings, uri: str) -> Iterator[Path]:
 
     Yields
     ------
-    Path
+    (Path, str, str)
         The bundle's model file, for :func:`kallos_models.modelling.bundles.load_bundle` (which
-        verifies the checksums); the directory is removed afterwards.
+        verifies the checksums), the registered model's name and the version resolved; the
+        directory is removed afterwards.
 
     Raises
     ------
@@ -500,4 +501,4 @@ def downloaded_bundle(settings: Settings, uri: str) -> Iterator[Path]:
                 logger.warning("version %s of %s is retired", mv.version, name)
             model_path = tracking.download_model_version(client, name, str(mv.version), Path(tmp))
         logger.info("loaded %s (version %s of %s) from the registry", uri, mv.version, name)
-        yield model_path
+        yield model_path, name, str(mv.version)

@@ -52,6 +52,7 @@ __all__ = [
     "fsync_dir",
     "fsync_file",
     "manifest_digest",
+    "manifest_indicators",
     "publish",
     "read_manifest",
     "remove_leftovers",
@@ -398,3 +399,17 @@ def publish(
         fsync_dir(finals[-1].parent)
     except OSError as exc:  # pragma: no cover - the renames are done; only durability waits
         logger.warning("could not fsync %s: %s", finals[-1].parent, exc)
+
+
+def manifest_indicators(manifest: Mapping[str, Any], columns: list[str]) -> dict[str, Any]:
+    """The indicator spec the bundle was trained with, for the columns it needs.
+
+    Bundles from before indicators became data carry none: their columns are the default
+    spec's, which reproduces what was stored then.
+    """
+    from kallos_models.data.features import DEFAULT_INDICATORS
+
+    recorded = manifest.get("indicators")
+    if recorded is None:
+        return {c: DEFAULT_INDICATORS[c] for c in columns if c in DEFAULT_INDICATORS}
+    return dict(recorded)

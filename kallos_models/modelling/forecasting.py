@@ -1,9 +1,9 @@
 """Rolling forecasts of a fitted model over a frame, in prices, beside naive persistence.
 
 The forecasting core under the stages: the tuner scores its folds and ``evaluate`` its
-hold-out window with these functions (and a later ``predict`` stage will forecast the next
-bars with them), so a fold score and a hold-out score mean the same thing. Darts and torch
-are imported inside the functions that need them.
+hold-out window with :func:`rolling_forecasts`, and ``predict`` forecasts the bars after the
+newest one with :func:`forecast_after`, so a fold score and a hold-out score mean the same
+thing. Darts and torch are imported inside the functions that need them.
 """
 
 from __future__ import annotations
@@ -203,3 +203,71 @@ def rolling_forecasts(
             "the model has diverged: retrain it (lower learning_rate) before evaluating"
         )
     return results
+
+
+def forecast_after(
+    model: Any, preprocessor: FeaturePreprocessor, frame: pd.DataFrame, *, horizon: int = 1
+) -> pd.DataFrame:
+    """The ``horizon`` bars after the last bar of ``frame``, forecast from it, in prices.
+
+    The same forecast :func:`rolling_forecasts` makes from an origin inside a frame, made
+    from the frame's last bar: the model reads the ``input_chunk_length`` bars ending there
+    (target and past covariates, transformed with the fitted preprocessing, never refit), and
+    its path is turned into prices from the last close.
+
+    Parameters
+    ----------
+    model
+        A fitted Darts torch forecasting model that takes past covariates.
+    preprocessor
+        The preprocessing fitted with the model.
+    frame
+        Untransformed rows on a regular grid ending at the origin, at least
+        :func:`lookback_bars` ``(icl, 1, transform)`` of them.
+    horizon
+        Bars ahead, ``1 .. output_chunk_length``; default 1.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Indexed by the forecast bars' open times (``step`` 1..horizon), float64 columns
+        ``forecast`` and ``naive`` (the last close) and int ``step``.
+
+    Raises
+    ------
+    ConfigError, DataError, ModelError
+        As :func:`rolling_forecasts`.
+    """
+    from kallos_models.modelling.fitting import surface_interrupts
+    from kallos_models.modelling.series import bar_offset, check_grid, to_series
+
+    icl, ocl = model_chunk_lengths(model)
+    horizon = check_horizon(horizon, ocl)
+    offset = bar_offset(frame, "frame")
+    check_grid(frame, offset, "frame")
+    needed = lookback_bars(icl, 1, preprocessor.target_transform)
+    if len(frame) < needed:
+        raise DataError(
+            f"forecasting from {frame.index[-1]} needs {needed} bars ending there "
+            f"(input_chunk_length {icl}), but the frame has {len(frame)}; load more history"
+        )
+    frame = frame.iloc[-needed:]
+    covariates = to_series(preprocessor.transform_covariates(frame), offset)
+    target = to_series(preprocessor.transform_target(frame), offset)
+    with surface_interrupts():
+        predicted = model.predict(
+            n=horizon, series=target, past_covariates=covariates, verbose=False
+        )
+    anchor = float(frame[preprocessor.target_col].iloc[-1])
+    path = np.asarray(predicted.values(copy=False), dtype="float64")[:, 0]
+    prices = preprocessor.to_prices(path, anchor)
+    times = pd.date_range(frame.index[-1] + offset, periods=horizon, freq=offset)
+    if len(prices) != horizon or not np.isfinite(prices).all():
+        raise ModelError(
+            f"the model produced {len(prices)} forecast(s), not {horizon} finite ones, from "
+            f"{frame.index[-1]}; the model has diverged: retrain it (lower learning_rate)"
+        )
+    return pd.DataFrame(
+        {"step": np.arange(1, horizon + 1), "forecast": prices, "naive": anchor},
+        index=pd.DatetimeIndex(times, name=frame.index.name or "open_time"),
+    )

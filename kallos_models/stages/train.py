@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,9 +20,10 @@ from typing import Any
 from kallos_models.config import Settings
 from kallos_models.data import datasets
 from kallos_models.data.features import resolve_indicators
-from kallos_models.errors import ConfigError, DataError
+from kallos_models.errors import DataError
 from kallos_models.modelling import bundles, fitting, series, zoo
 from kallos_models.modelling.bundles import BundlePaths
+from kallos_models.modelling.hyperparams import read_params_file, training_params
 from kallos_models.stage_settings import DEFAULT_OUTPUT_DIRS, TrainSettings, train_settings
 
 logger = logging.getLogger(__name__)
@@ -32,81 +32,6 @@ __all__ = ["DEFAULT_OUTPUT_PATH", "TrainResult", "read_params_file", "train_mode
 
 #: Where bundles go when ``output_path`` is not set (``stage_settings.DEFAULT_OUTPUT_DIRS``).
 DEFAULT_OUTPUT_PATH = f"./{DEFAULT_OUTPUT_DIRS['train']}"
-
-
-def _check_n_epochs(value: Any, path: Path) -> int:
-    number = (
-        float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
-    )
-    if number is None or not math.isfinite(number) or not number.is_integer() or number < 1:
-        raise ConfigError(
-            f"params file {path}: n_epochs must be an integer >= 1, got {value!r}; fix or remove it"
-        )
-    return int(number)
-
-
-def read_params_file(path: str | Path) -> tuple[dict[str, Any], int | None]:
-    """Read hyperparameters from a JSON file.
-
-    Two shapes are accepted:
-
-    - a plain object of hyperparameters, as ``study.best_params`` holds them, e.g.
-      ``{"hidden_dim": 64, "input_chunk_length": 45, "learning_rate": 0.001}``; it may carry
-      ``n_epochs``;
-    - the tuner's output file: an object with a ``"params"`` object plus ``"n_epochs"`` (the
-      mean best epoch across folds) and other keys (``value``, ``metric``, ``study_name``, ...),
-      which are ignored.
-
-    Parameters
-    ----------
-    path : str or Path
-        The JSON file. No default.
-
-    Returns
-    -------
-    tuple of (dict, int or None)
-        The hyperparameters without ``n_epochs``, and ``n_epochs`` (top-level ``n_epochs`` of a
-        tuner file, else ``n_epochs`` inside the parameters) or None when absent.
-
-    Raises
-    ------
-    ConfigError
-        The file is missing, is not valid JSON, is not a JSON object (or its ``"params"`` is
-        not one), or ``n_epochs`` is not an integer >= 1.
-    """
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(
-            f"params file {file} does not exist; pass the file written by `kallos-run tune` "
-            "({model}_{asset}_best_params.json) or a JSON object of hyperparameters"
-        )
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"params file {file} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"params file {file} holds a JSON {type(data).__name__}, not an object; write it "
-            'as {"hidden_dim": 64, "input_chunk_length": 45, ...}'
-        )
-    n_epochs: int | None = None
-    if "params" in data:
-        inner = data["params"]
-        if not isinstance(inner, dict):
-            raise ConfigError(
-                f'params file {file}: "params" must be a JSON object of hyperparameters, got '
-                f"{type(inner).__name__}"
-            )
-        params = dict(inner)
-        if data.get("n_epochs") is not None:
-            n_epochs = _check_n_epochs(data["n_epochs"], file)
-            params.pop("n_epochs", None)
-    else:
-        params = dict(data)
-    if n_epochs is None and params.get("n_epochs") is not None:
-        n_epochs = _check_n_epochs(params["n_epochs"], file)
-    params.pop("n_epochs", None)
-    return params, n_epochs
 
 
 @dataclass(frozen=True)
@@ -147,37 +72,6 @@ class TrainResult:
             "paths": self.paths.as_dict(),
             **tracked,
         }
-
-
-def _resolve_params(params: Mapping[str, Any] | str | Path) -> dict[str, Any]:
-    if isinstance(params, (str, Path)):
-        values, n_epochs = read_params_file(params)
-        if n_epochs is not None:
-            values["n_epochs"] = n_epochs
-        return values
-    if not isinstance(params, Mapping):
-        raise ConfigError(
-            f"params must be a mapping of hyperparameters or a JSON file path, got "
-            f"{type(params).__name__}"
-        )
-    return dict(params)
-
-
-def _full_params(
-    defaults: Mapping[str, Any], values: Mapping[str, Any], n_epochs: int
-) -> dict[str, Any]:
-    """The registry defaults with ``values`` over them and the resolved ``n_epochs``.
-
-    Mirrors :func:`kallos_models.modelling.zoo.validate_params`: a default ``learning_rate``
-    is left out when ``values`` sets ``optimizer_kwargs["lr"]`` instead.
-    """
-    full = dict(defaults)
-    optimizer_kwargs = values.get("optimizer_kwargs") or {}
-    if "learning_rate" not in values and "lr" in optimizer_kwargs:
-        full.pop("learning_rate", None)
-    full.update(values)
-    full["n_epochs"] = n_epochs
-    return full
 
 
 def _trainer_facts(model: Any) -> dict[str, Any]:
@@ -246,10 +140,9 @@ def train_model(
     s = settings if isinstance(settings, TrainSettings) else train_settings(settings)
     model_name = s.model_name
     spec = zoo.get_spec(model_name)
-    values = _resolve_params(params)
-    n_epochs = fitting.resolve_n_epochs(values, s.trainer.max_epochs, model_name)
-    used_params = _full_params(spec.defaults, values, n_epochs)
-    checked = zoo.validate_params(model_name, used_params, random_state=s.trainer.seed)
+    used_params, checked = training_params(
+        model_name, params, max_epochs=s.trainer.max_epochs, seed=s.trainer.seed
+    )
     input_chunk_length = int(checked["input_chunk_length"])
     output_chunk_length = int(checked["output_chunk_length"])
     fitting.check_accelerator(s.trainer.accelerator)  # before any data is read

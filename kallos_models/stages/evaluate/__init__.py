@@ -1,4 +1,5 @@
-"""The evaluate stage: judge a bundle on a hold-out window (see :mod:`.holdout`)."""
+"""The evaluate stage: judge a bundle on a hold-out window (see :mod:`.holdout`), fitted once
+or refit every N bars through it (:mod:`.retrain`)."""
 
 from kallos_models.stages.evaluate.holdout import (
     DEFAULT_OUTPUT_PATH,
@@ -6,10 +7,12 @@ from kallos_models.stages.evaluate.holdout import (
     evaluate_model,
 )
 from kallos_models.stages.evaluate.plot import plot_evaluation
+from kallos_models.stages.evaluate.retrain import retrain_backtest
 
 __all__ = [
     "DEFAULT_OUTPUT_PATH",
     "EvaluationResult",
     "evaluate_model",
     "plot_evaluation",
+    "retrain_backtest",
 ]

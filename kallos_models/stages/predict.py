@@ -1,0 +1,284 @@
+"""Predict: the bars after the newest stored bar, from a bundle, stored in ``forecasts``.
+
+:func:`predict` loads a bundle (checksums and manifest digest verified before anything is
+unpickled), finds the newest *closed* bar of the bundle's asset and timeframe (a bar whose
+close time is after ``as_of`` is still open and ignored), refuses data that is too old
+(``max_age``, default two bars) or whose lookback window has a missing bar, loads that window
+with the bundle's own indicator spec and columns, and forecasts ``horizon`` bars with the
+fitted preprocessing (never refit), beside the naive forecast (the last close). Unless told
+not to, it stores the forecast in the ``forecasts`` table
+(:mod:`kallos_models.data.forecast_store`), once per model and origin, for ``score`` to
+judge once the bars arrive.
+
+The model is identified by its bundle's manifest digest (the same for a bundle on disk and
+the registered version it was uploaded as) plus, from the pipeline, the registered model and
+version it was resolved from.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kallos_models.config import Settings, normalise_timeframe, timeframe_to_timedelta
+from kallos_models.errors import ArtifactError, ConfigError, DataError
+from kallos_models.files import json_float
+from kallos_models.modelling.bundles import is_registry_uri
+from kallos_models.modelling.forecasting import (
+    check_horizon,
+    forecast_after,
+    lookback_bars,
+    model_chunk_lengths,
+)
+from kallos_models.stage_settings import PredictSettings, predict_settings
+
+logger = logging.getLogger(__name__)
+
+__all__ = ["PredictResult", "bundle_identity", "predict"]
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """What :func:`predict` forecast (``record``, the JSON it prints) and stored."""
+
+    record: dict[str, Any]
+    forecasts: pd.DataFrame
+
+
+def bundle_identity(manifest: Mapping[str, Any]) -> str:
+    """The bundle's identity: its manifest digest (``sha256:<hex>``), computed for format-1
+    bundles, which carry none."""
+    from kallos_models.modelling.bundle_files import MANIFEST_DIGEST_KEY, manifest_digest
+
+    digest = manifest.get(MANIFEST_DIGEST_KEY)
+    return str(digest) if isinstance(digest, str) and digest else manifest_digest(manifest)
+
+
+def _spelled(delta: pd.Timedelta) -> str:
+    hours = delta.total_seconds() / 3600
+    return f"{hours / 24:.3g} days" if hours >= 48 else f"{hours:.3g} hours"
+
+
+def _fix_ingest(asset: str, timeframe: str) -> str:
+    return (
+        f"update the data first (kallos-run ingest --asset-id {asset} --timeframe {timeframe} ...)"
+    )
+
+
+def _origin(engine: Any, asset: str, timeframe: str, as_of: pd.Timestamp, max_age: pd.Timedelta):
+    """The newest closed bar at ``as_of``, checked to be fresh enough."""
+    from kallos_models.data import db
+    from kallos_models.data.datasets import describe_assets
+
+    bar = timeframe_to_timedelta(timeframe)
+    origin = db.newest_open_time(engine, asset, timeframe, at_most=as_of - bar)
+    if origin is None:
+        newest = db.newest_open_time(engine, asset, timeframe)
+        if newest is None:
+            raise DataError(
+                f"asset {asset!r} has no {timeframe} bars in {db.MARKET_TABLE}; "
+                f"{describe_assets(engine)}; {_fix_ingest(asset, timeframe)}"
+            )
+        raise DataError(
+            f"no {timeframe} bar of {asset!r} had closed by {as_of} (the first stored opened "
+            f"at {newest}); pass a later --as-of"
+        )
+    later = db.newest_open_time(engine, asset, timeframe)
+    if later is not None and later > origin:
+        logger.info("ignoring bars after %s: still open at %s", origin, as_of)
+    age = as_of - origin
+    if age > max_age:
+        raise DataError(
+            f"the newest closed {timeframe} bar of {asset!r} opened at {origin}, "
+            f"{_spelled(age)} before {as_of:%Y-%m-%d %H:%M} UTC, older than --max-age "
+            f"{_spelled(max_age)}: {_fix_ingest(asset, timeframe)}, or raise --max-age"
+        )
+    return origin
+
+
+def _check_window(
+    frame: pd.DataFrame, expected: pd.DatetimeIndex, asset: str, timeframe: str, fill: bool
+) -> None:
+    """Refuse a lookback window with a missing bar (or, unless ``fill``, a filled one)."""
+    absent = ~expected.isin(frame.index)
+    if not fill:
+        flagged = frame["filled"].astype(bool)
+        absent |= expected.isin(frame.index[flagged.to_numpy()])
+    missing = expected[absent]
+    if len(missing):
+        raise DataError(
+            f"the lookback window {expected[0]} .. {expected[-1]} ({len(expected)} {timeframe} "
+            f"bars) of {asset!r} misses {len(missing)} bar(s), the first at {missing[0]}: "
+            f"ingest them (kallos-run ingest --asset-id {asset} --timeframe {timeframe} ...)"
+            + ("" if fill else ", or pass --fill-gaps to fill short gaps as training did")
+        )
+
+
+def _check_columns(frame: pd.DataFrame, columns: list[str], asset: str) -> None:
+    empty = [c for c in columns if c in frame.columns and frame[c].isna().any()]
+    if empty:
+        raise DataError(
+            f"the stored {asset!r} candles lack {', '.join(empty)} in the lookback window, but "
+            "the bundle was trained with them: ingest candles that carry them (the Binance "
+            "kline format) or retrain without them"
+        )
+
+
+def predict(
+    settings: Settings | PredictSettings,
+    *,
+    model_path: str | Path,
+    source: str | None = None,
+    registered: Mapping[str, Any] | None = None,
+) -> PredictResult:
+    """Forecast the bars after the newest closed bar; store the forecast once per origin.
+
+    Parameters
+    ----------
+    settings
+        :class:`~kallos_models.stage_settings.PredictSettings` (built from resolved
+        :class:`Settings`, which are accepted too): database, asset and timeframe (checked
+        against the bundle's; None takes them), ``horizon`` (1 .. the model's
+        ``output_chunk_length``), ``max_age``, ``as_of``, ``fill_gaps`` and ``store``.
+    model_path
+        The bundle's model file (``{stem}.pt``), a local path.
+    source
+        What the record calls the model (``model.source``); default None: ``model_path``.
+    registered
+        ``{"name": ..., "version": ...}`` of the registered version the bundle was
+        downloaded from (the pipeline passes it); default None.
+
+    Returns
+    -------
+    PredictResult
+
+    Raises
+    ------
+    ConfigError
+        A ``models:/`` URI (resolve it through :func:`kallos_models.pipeline.predict`), an
+        asset or timeframe not the bundle's, a horizon above ``output_chunk_length``.
+    ArtifactError
+        A bundle missing, incomplete or tampered with.
+    DataError
+        No closed bar; the newest older than ``max_age``; a missing bar in the lookback
+        window; a column the bundle needs absent from the stored candles.
+    DatabaseError
+        The database refuses the write of the forecast (pass ``store=False``).
+    """
+    from kallos_models.data import datasets, db, forecast_store
+    from kallos_models.modelling import bundle_files, bundles
+
+    if is_registry_uri(model_path):
+        raise ConfigError(
+            f"{model_path} is a registry URI: predict from it through kallos_models.pipeline."
+            "predict (what `kallos-run predict` calls), which downloads and verifies it first"
+        )
+    s = settings if isinstance(settings, PredictSettings) else predict_settings(settings)
+    bundle = bundles.load_bundle(model_path)
+    manifest = bundle.manifest
+    asset = str(manifest.get("asset_id") or "")
+    timeframe = str(manifest.get("timeframe") or "")
+    if not asset or not timeframe:
+        raise ArtifactError(
+            f"the manifest {bundle.paths.manifest} names no asset or timeframe; retrain it"
+        )
+    if s.asset_id is not None and s.asset_id != asset:
+        raise ConfigError(
+            f"asset_id is {s.asset_id!r} but the bundle was trained on {asset!r}; pass "
+            f"--asset-id {asset} or the bundle of a {s.asset_id!r} model"
+        )
+    if s.timeframe is not None and normalise_timeframe(s.timeframe) != timeframe:
+        raise ConfigError(
+            f"--timeframe is {s.timeframe} but the bundle was trained on {timeframe} bars; "
+            f"drop --timeframe or pass the bundle of a {s.timeframe} model"
+        )
+    model, preprocessor = bundle.model, bundle.preprocessor
+    icl, ocl = model_chunk_lengths(model)
+    steps = check_horizon(s.horizon, ocl)
+    bar = timeframe_to_timedelta(timeframe)
+    as_of = s.as_of if s.as_of is not None else pd.Timestamp.now(tz="UTC").tz_localize(None)
+    max_age = s.max_age if s.max_age is not None else 2 * bar
+
+    engine = db.create_db_engine(s.database.url)
+    try:
+        origin = _origin(engine, asset, timeframe, as_of, max_age)
+        needed = lookback_bars(icl, 1, preprocessor.target_transform)
+        expected = pd.date_range(end=origin, periods=needed, freq=bar, name="open_time")
+        columns = list(dict.fromkeys([preprocessor.target_col, *preprocessor.feature_columns]))
+        frame = datasets.load_features_from_db(
+            asset,
+            origin,
+            engine,
+            start_date=expected[0],
+            timeframe=timeframe,
+            columns=columns,
+            max_gap_bars=s.max_gap_bars if s.fill_gaps else needed,
+            drop_warmup=True,
+            indicators=bundle_files.manifest_indicators(manifest, columns),
+        )
+        _check_window(frame, expected, asset, timeframe, s.fill_gaps)
+        frame = frame.loc[expected]
+        _check_columns(frame, columns, asset)
+        path = forecast_after(model, preprocessor, frame, horizon=steps)
+        model_id = bundle_identity(manifest)
+        name = str(manifest.get("model_name") or "")
+        reg = dict(registered or {})
+        created = pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s")
+        origin_close = float(frame[preprocessor.target_col].iloc[-1])
+        rows = [
+            {
+                "model_id": model_id,
+                "asset_id": asset,
+                "timeframe": timeframe,
+                "origin_time": origin.to_pydatetime(),
+                "step": int(step),
+                "target_time": when.to_pydatetime(),
+                "forecast": float(value),
+                "origin_close": origin_close,
+                "model_name": name,
+                "registered_model": reg.get("name"),
+                "model_version": None if reg.get("version") is None else str(reg["version"]),
+                "created_at": created.to_pydatetime(),
+            }
+            for when, step, value in zip(path.index, path["step"], path["forecast"], strict=True)
+        ]
+        stored = forecast_store.store_forecasts(engine, rows) if s.store else None
+    finally:
+        engine.dispose()
+
+    record: dict[str, Any] = {
+        "asset_id": asset,
+        "timeframe": timeframe,
+        "model": {
+            "name": name,
+            "registered_model": reg.get("name"),
+            "version": reg.get("version"),
+            "bundle_sha256": model_id.removeprefix("sha256:"),
+            "source": str(Path(model_path)) if source is None else source,
+            "train_end": manifest.get("train_end"),
+        },
+        "as_of": as_of.isoformat(),
+        "origin": {"time": origin.isoformat(), "close": json_float(origin_close)},
+        "age_hours": json_float((as_of - origin).total_seconds() / 3600),
+        "horizon": steps,
+        "steps": [
+            {
+                "step": int(step),
+                "time": when.isoformat(),
+                "forecast": json_float(value),
+                "return": json_float(value / origin_close - 1.0),
+                "log_return": json_float(float(np.log(value / origin_close))),
+                "naive": json_float(origin_close),
+            }
+            for when, step, value in zip(path.index, path["step"], path["forecast"], strict=True)
+        ],
+        "stored": None if stored is None else stored.as_dict(),
+    }
+    logger.info("%s %s %s: forecast from %s for %s", name, asset, timeframe, origin, path.index[-1])
+    return PredictResult(record=record, forecasts=path)
