@@ -38,3 +38,8 @@ class TrackingError(KallosError):
 
 class PromotionError(KallosError):
     """A version was not promoted: it fails a threshold, has no evaluation, or is retired."""
+
+
+class GateRefusal(PromotionError):
+    """A version was not promoted because its evaluation fails a threshold (not an error of
+    the run: the CLI exits with status 3, as the drift alarm of ``score`` does)."""

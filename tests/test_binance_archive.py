@@ -15,7 +15,7 @@ import pytest
 
 from kallos_models.data import db
 from kallos_models.data.binance_archive import archive_plan, ingest_binance_archive, month_range
-from kallos_models.errors import ConfigError
+from kallos_models.errors import ConfigError, DataError
 from tests.helpers import make_ohlcv, run_cli, run_cli_json, write_binance_csv
 
 MONTHS = ["2024-10", "2024-11", "2024-12", "2025-01", "2025-02", "2025-03"]
@@ -280,6 +280,30 @@ def test_current_month_from_daily_files_up_to_yesterday(
     assert again.downloaded == ["2025-03-04"] and again.ingest.inserted == 1
     assert [p for p, _ in fake.requests if p.endswith(".zip")] == [_day_path("2025-03-04")]
     assert again.as_dict()["days_missing"] == [] and again.ingest.unchanged == 154
+
+
+def test_nothing_published_yet_is_not_an_error(sqlite_url: str, tmp_path: Path) -> None:
+    """A nightly `--start <this month>` on the 1st (nothing to fetch) or before yesterday's
+    file is out (only unpublished days) ends with a note and nothing written; a month of
+    missing days is still an error (a wrong symbol, or the archive moved)."""
+    engine = db.create_db_engine(sqlite_url)
+    with FakeArchive({}) as fake:
+        kwargs = dict(start="2025-03", base_url=fake.url, cache_dir=tmp_path / "cache")
+        first = ingest_binance_archive(
+            engine, "BTC", "BTCUSDT", "1d", today=pd.Timestamp("2025-03-01 00:30"), **kwargs
+        )
+        assert first.ingest is None and first.days_used == [] and not fake.requests
+        assert any("current month has no finished day" in n for n in first.notes)
+        second = ingest_binance_archive(
+            engine, "BTC", "BTCUSDT", "1d", today=pd.Timestamp("2025-03-03 00:30"), **kwargs
+        )
+        assert second.ingest is None and second.days_missing == MARCH_DAYS[:2]
+        assert any("2025-03-01, 2025-03-02 are not published yet" in n for n in second.notes)
+        with pytest.raises(DataError, match="no archive file of BTCUSDT 1d"):
+            ingest_binance_archive(
+                engine, "BTC", "BTCUSDT", "1d", today=pd.Timestamp("2025-03-05"), **kwargs
+            )
+    assert db.count_rows(engine, "BTC", "1d") == 0
 
 
 def test_unpublished_last_month_falls_back_to_its_days(

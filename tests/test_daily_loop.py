@@ -66,8 +66,8 @@ def weekly(world: dict[str, Any], train_end: pd.Timestamp, test_end: pd.Timestam
         "--db-url", world["db"], *tracking,
     )  # fmt: skip
     registry = ("registry", "promote", "--asset-id", "BTC", "--version", str(version), *tracking)
-    # a gate it cannot pass is refused, exit 1, and leaves the alias where it was
-    assert_error(run_cli(*registry, "--max-skill-ratio", "0.001"), "rmse_ratio")
+    # a gate it cannot pass is refused, exit 3 (not 1: nothing failed), and leaves the alias
+    assert_error(run_cli(*registry, "--max-skill-ratio", "0.001"), "rmse_ratio", code=3)
     promoted = _ok(*registry, "--max-skill-ratio", "3")
     assert promoted["version"] == version
     return version

@@ -216,6 +216,39 @@ def test_other_timeframe_asset_or_columns_are_refused(bundle, sqlite_url, tmp_pa
     assert_error(_predict(plain, model, "--as-of", _as_of(LAST)), "taker_buy_base_asset_volume")
 
 
+def test_an_origin_inside_the_training_rows_is_refused(bundle, sqlite_url, tmp_path):
+    _ingest(sqlite_url, BARS, tmp_path / "btc.csv")
+    model, loose = bundle["model"], ("--max-age", "100d", "--no-store")
+    # backfilling from before the bundle's last training bar would forecast bars it fit on
+    inside = _as_of(TRAIN_END - 5 * DAY)
+    line = assert_error(
+        _predict(sqlite_url, model, "--as-of", inside, *loose),
+        "inside the bundle's training rows",
+        f"--as-of {(TRAIN_END + DAY).isoformat()} or later",
+    )
+    assert str(TRAIN_END) in line
+    # the last training bar as origin forecasts the first bar after training: allowed
+    edge = run_cli_json("predict", "--model-path", model, "--db-url", sqlite_url,
+                        "--as-of", _as_of(TRAIN_END), *loose)  # fmt: skip
+    assert edge["steps"][0]["time"] == (TRAIN_END + DAY).isoformat()
+    # before the first stored bar closed: the message names that bar, not the newest
+    assert_error(
+        _predict(sqlite_url, model, "--as-of", str(BARS.index[0].date()), *loose),
+        f"the oldest stored bar opens at {BARS.index[0]}",
+        "pass a later --as-of",
+    )
+
+
+def test_an_asset_id_setting_does_not_apply_to_predict_or_score(bundle, sqlite_url, tmp_path):
+    _ingest(sqlite_url, BARS, tmp_path / "btc.csv")
+    env = {"KALLOS_ASSET_ID": "ETH"}  # set for other commands; the bundle says BTC
+    predicted = run_cli_json("predict", "--model-path", bundle["model"], "--db-url", sqlite_url,
+                             "--as-of", _as_of(LAST - DAY), env=env)  # fmt: skip
+    assert predicted["asset_id"] == "BTC"
+    assert run_cli_json("score", "--db-url", sqlite_url, env=env)["scored"] == 1
+    assert run_cli_json("score", "--db-url", sqlite_url, "--asset-id", "ETH")["scored"] == 0
+
+
 # --------------------------------------------------------------------------------------------
 # score
 # --------------------------------------------------------------------------------------------
@@ -269,6 +302,33 @@ def test_score_joins_arrived_bars_and_alarms_past_max_ratio(bundle, db_url, tmp_
     assert run_cli_json("score", "--db-url", db_url, "--model", prefix)["scored"] == 12
     assert run_cli_json("score", "--db-url", db_url, "--timeframe", "24h")["scored"] == 12
     assert run_cli_json("score", "--db-url", db_url, "--timeframe", "4h")["scored"] == 0
+
+    # a model that stopped forecasting a month ago: stale, warned about, never an alarm
+    old = [
+        {
+            "model_id": "sha256:" + "0" * 64, "asset_id": "BTC", "timeframe": "1d",
+            "origin_time": origin.to_pydatetime(), "step": 1,
+            "target_time": (origin + DAY).to_pydatetime(),
+            "forecast": float(BARS["close"].loc[origin]) * 1.5,
+            "origin_close": float(BARS["close"].loc[origin]), "model_name": "lstm",
+            "registered_model": None, "model_version": None,
+            "created_at": (origin + DAY).to_pydatetime(),
+        }
+        for origin in BARS.index[-40:-35]
+    ]  # fmt: skip
+    engine = db.create_db_engine(db_url)
+    try:
+        forecast_store.store_forecasts(engine, old)
+    finally:
+        engine.dispose()
+    result = run_cli("score", "--db-url", db_url, "--last", "5d", "--max-ratio",
+                     str(ratio * 1.01), quiet=False)  # fmt: skip
+    assert result.exit_code == 0, result.output
+    groups = {g["model"]["name"]: g for g in json.loads(result.stdout)["groups"]}
+    assert groups["lstm"]["stale"] and groups["lstm"]["recent"] is None
+    assert groups["lstm"]["all"]["rmse_ratio"] > 1.0  # bad, but not recent
+    assert not groups["gru"]["stale"]
+    assert "stopped forecasting" in result.stderr
 
 
 def test_score_on_a_database_without_forecasts(sqlite_url, tmp_path):

@@ -184,15 +184,19 @@ def test_tune_train_evaluate_promote_rollback_archive(world: dict[str, str], tmp
         "version 1 of gru_BTC_1d was not promoted to 'champion'",
         "rmse_ratio",
         "above --max-skill-ratio 0.0001",
+        code=3,
     )
     assert f"{local_metrics['rmse_ratio']:.4g}" in line
     assert_error(
-        registry_cmd(world, "promote", "--version", "1", "--min-sharpe", "1000"), "--min-sharpe"
+        registry_cmd(world, "promote", "--version", "1", "--min-sharpe", "1000"),
+        "--min-sharpe",
+        code=3,
     )
     assert_error(
         registry_cmd(world, "promote", "--version", "1", "--min-directional-accuracy", "1.01"),
         "directional_accuracy",
         "below --min-directional-accuracy 1.01",
+        code=3,
     )
     assert client.get_registered_model(NAME).aliases == {}
 

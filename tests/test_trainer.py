@@ -218,6 +218,20 @@ def test_params_file_and_default_output(shared_db: str, tmp_path: Path) -> None:
     assert result.paths.model.resolve() == (tmp_path / "trained_models" / "gru_BTC.pt").resolve()
 
 
+def test_progress_bars_of_train_go_to_stderr(shared_db: str, tmp_path: Path) -> None:
+    """With -v Lightning draws its progress bars, and stdout still holds only the JSON."""
+    params = tmp_path / "params.json"
+    params.write_text(json.dumps(PARAMS))
+    result = run_cli(
+        "-v", "train", "--asset-id", "BTC", "--end-date", END_DATE, "--params-file",
+        str(params), "--db-url", shared_db, "--output-path", str(tmp_path / "m"),
+        "--accelerator", "cpu", quiet=False,
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["model_name"] == "gru"
+    assert "Epoch 0" in result.stderr
+
+
 def test_existing_bundle_refused_before_training(
     shared_db: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -6,10 +6,10 @@ signals the process and checks the contract of ``documentation/tuner.md``: exit 
 (143 for SIGTERM), one ``Interrupted:`` (``Terminated:``) line and no traceback, no trial left
 RUNNING in the study, trial 1 FAIL, and the params file written from trial 0.
 
-The points are found in what ``-v`` prints: Lightning's progress bars (on stdout) show where a
-fit is (the sanity validation, ``Epoch N``, the epoch-end ``Validation``), and the trainer that
-Darts builds for the fold's historical forecasts logs "GPU available" (on stderr) just before
-it predicts. Trial 0 fits each of its 3 folds once, so the 4th fit is trial 1's first.
+The points are found in what ``-v`` prints on stderr, in order: Lightning's progress bars
+show where a fit is (the sanity validation, ``Epoch N``, the epoch-end ``Validation``), and the
+trainer that Darts builds for the fold's historical forecasts logs "GPU available" just before
+it predicts. Trial 1's first fit is the first "fitting nlinear" after trial 0 is COMPLETE.
 """
 
 from __future__ import annotations
@@ -41,15 +41,15 @@ WAIT_S = 90
 #: Lightning's progress bar when a fit's sanity validation starts: once per fit.
 SANITY = r"^Sanity Checking DataLoader 0: +0%"
 
-#: Where trial 1's first fold is when the signal goes: (stream, pattern) to see in order after
-#: that fit's sanity check started.
-POINTS: dict[str, tuple[tuple[str, str], ...]] = {
+#: Where trial 1's first fold is when the signal goes: patterns to see on stderr in order after
+#: that fit's sanity check started (the progress bars go to stderr too, in order with the logs).
+POINTS: dict[str, tuple[str, ...]] = {
     # the training loop: epoch 2 of at least 6 (early stopping waits 5 epochs)
-    "train": (("stdout", r"^Epoch 2: "),),
+    "train": (r"^Epoch 2: ",),
     # the validation loop that ends an epoch (one batch: the signal may land just after it)
-    "validation": (("stdout", r"^Epoch 1: "), ("stdout", r"^Validation DataLoader 0: +0%")),
+    "validation": (r"^Epoch 1: ", r"^Validation DataLoader 0: +0%"),
     # the fit is over: Darts' historical_forecasts builds its predict trainer and predicts
-    "forecast": (("stderr", r"fitting: fit nlinear:"), ("stderr", r"GPU available")),
+    "forecast": (r"fitting: fit nlinear:", r"GPU available"),
 }
 
 
@@ -60,8 +60,8 @@ def _default_sigint() -> None:
 
 
 class _Tune:
-    """A running ``kallos-run -v tune``; its stdout and stderr are read in threads, stdout
-    split at carriage returns too (progress bars)."""
+    """A running ``kallos-run -v tune``; its stdout and stderr are read in threads, split at
+    carriage returns too (the progress bars, on stderr)."""
 
     def __init__(self, db_url: str, out_dir: Path, cwd: Path) -> None:
         argv = [
@@ -164,13 +164,10 @@ def _interrupt_trial_1(
     tune = _Tune(data_url, tmp_path / "out", tmp_path)
     try:
         done = tune.wait_for("stderr", r"workers: trial 0 COMPLETE")
-        fits = sum("fitting: fitting nlinear" in line for line in tune.lines["stderr"][:done])
-        positions = {
-            "stdout": tune.wait_for("stdout", SANITY, count=fits + 1),
-            "stderr": tune.wait_for("stderr", r"fitting: fitting nlinear", after=done),
-        }
-        for stream, pattern in POINTS[point]:
-            positions[stream] = tune.wait_for(stream, pattern, after=positions[stream] + 1)
+        at = tune.wait_for("stderr", r"fitting: fitting nlinear", after=done)
+        at = tune.wait_for("stderr", SANITY, after=at + 1)
+        for pattern in POINTS[point]:
+            at = tune.wait_for("stderr", pattern, after=at + 1)
         tune.proc.send_signal(signum)
         return tune, tune.finish()
     finally:

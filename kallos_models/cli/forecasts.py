@@ -12,6 +12,7 @@ import logging
 import click
 
 from kallos_models.cli.options import (
+    CHECK_FAILED_EXIT_STATUS,
     CONTEXT_SETTINGS,
     asset_id_option,
     db_option,
@@ -24,9 +25,6 @@ from kallos_models.cli.options import (
 
 logger = logging.getLogger("kallos_models")
 
-#: Exit status of `score` when a recent ratio is above --max-ratio.
-DRIFT_EXIT_STATUS = 3
-
 
 @click.command(context_settings=CONTEXT_SETTINGS)
 @click.option(
@@ -35,7 +33,10 @@ DRIFT_EXIT_STATUS = 3
     metavar="PATH|URI",
     help="The bundle's .pt file, or models:/NAME@ALIAS / models:/NAME/VERSION.",
 )
-@asset_id_option(help="Asset to forecast; checked against the bundle [default: the bundle's].")
+@asset_id_option(
+    help="Asset to forecast; checked against the bundle [default: the bundle's; the asset_id "
+    "setting of the environment or config.json does not apply]."
+)
 @timeframe_option(help="Checked against the bundle's timeframe [default: the bundle's].")
 @click.option(
     "--horizon",
@@ -71,7 +72,15 @@ DRIFT_EXIT_STATUS = 3
 @tracking_option
 @click.pass_context
 def predict(
-    ctx: click.Context, model_path, timeframe, max_age, as_of, fill_gaps, no_store, **flags
+    ctx: click.Context,
+    model_path,
+    asset_id,
+    timeframe,
+    max_age,
+    as_of,
+    fill_gaps,
+    no_store,
+    **flags,
 ) -> None:
     """Forecast the bars after the newest stored bar and store the forecast.
 
@@ -89,7 +98,8 @@ def predict(
     from kallos_models import pipeline
     from kallos_models.stage_settings import predict_settings
 
-    s = settings(ctx, **flags)
+    # the bundle says which asset: only the flag is checked against it, not a config's asset_id
+    s = settings(ctx, **flags).replace(asset_id=asset_id)
     stage = predict_settings(
         s,
         timeframe=timeframe,
@@ -103,7 +113,10 @@ def predict(
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)
-@asset_id_option(help="Only this asset [default: all].")
+@asset_id_option(
+    help="Only this asset [default: all; the asset_id setting of the environment or "
+    "config.json does not apply]."
+)
 @timeframe_option(help="Only this timeframe [default: all].")
 @click.option(
     "--model",
@@ -136,7 +149,7 @@ def predict(
 @output_option("./scores")
 @db_option
 @click.pass_context
-def score(ctx: click.Context, timeframe, model, last, window, max_ratio, **flags) -> None:
+def score(ctx: click.Context, asset_id, timeframe, model, last, window, max_ratio, **flags) -> None:
     """Score the stored forecasts whose bars have arrived, against naive persistence.
 
     Per model, asset, timeframe and step: the number of scored forecasts, RMSE, MAE,
@@ -151,7 +164,7 @@ def score(ctx: click.Context, timeframe, model, last, window, max_ratio, **flags
     from kallos_models.stage_settings import score_settings
     from kallos_models.stages.score import score as score_stage
 
-    s = settings(ctx, **flags)
+    s = settings(ctx, **flags).replace(asset_id=asset_id)  # all assets unless the flag says
     stage = score_settings(
         s, timeframe=timeframe, model=model, last=last, window=window, max_ratio=max_ratio
     )
@@ -172,4 +185,4 @@ def score(ctx: click.Context, timeframe, model, last, window, max_ratio, **flags
             + "; ".join(f"{a['label']} {a['recent_rmse_ratio']:.4g}" for a in result.alarms),
             err=True,
         )
-        ctx.exit(DRIFT_EXIT_STATUS)
+        ctx.exit(CHECK_FAILED_EXIT_STATUS)

@@ -246,7 +246,7 @@ def tune(ctx: click.Context, end_date, **flags) -> None:
       kallos-run tune --model-name gru --asset-id BTC --end-date 2023-12-31 --n-trials 20
     """
     from kallos_models import pipeline
-    from kallos_models.stages.tune.interrupts import sigterm_as_interrupt
+    from kallos_models.signals import sigterm_as_interrupt
 
     s = settings(ctx, tune_end_date=end_date, **flags)
     with sigterm_as_interrupt() as stop:  # kill (SIGTERM) cleans up as Ctrl-C does

@@ -21,20 +21,37 @@ from kallos_models.errors import KallosError
 
 CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
+#: Exit status of a check that ran and failed: `score --max-ratio` past the ratio (drift), and
+#: `registry promote` refused by a threshold. 1 stays an error, 2 a usage error.
+CHECK_FAILED_EXIT_STATUS = 3
+
 
 class KallosGroup(click.Group):
-    """A group that turns library errors into `Error: ...` lines with exit status 1, and a
-    missing required setting into a usage error (exit status 2), in this one place."""
+    """A group that turns library errors into `Error: ...` lines with exit status 1, a
+    missing required setting into a usage error (exit status 2), and Ctrl-C or SIGTERM into
+    one line and exit status 130 or 143 (not click's "Aborted!" and 1), in this one place."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        from kallos_models.signals import sigterm_as_interrupt
         from kallos_models.stage_settings import MissingSettingError
 
-        try:
-            return super().invoke(ctx)
-        except MissingSettingError as exc:
-            raise click.UsageError(str(exc), ctx=click.get_current_context(silent=True)) from None
-        except KallosError as exc:
-            raise click.ClickException(str(exc)) from None
+        with sigterm_as_interrupt() as stop:  # kill (SIGTERM) cleans up as Ctrl-C does
+            try:
+                return super().invoke(ctx)
+            except MissingSettingError as exc:
+                raise click.UsageError(
+                    str(exc), ctx=click.get_current_context(silent=True)
+                ) from None
+            except KallosError as exc:
+                raise click.ClickException(str(exc)) from None
+            except KeyboardInterrupt:
+                command = ctx.invoked_subcommand or ctx.info_name
+                click.echo(
+                    f"{stop.word}: {command} stopped before it finished; what it writes is "
+                    "written whole or not at all: run the same command again.",
+                    err=True,
+                )
+                ctx.exit(stop.exit_status)  # 130 after Ctrl-C, 143 after SIGTERM
 
 
 class SharedOption:

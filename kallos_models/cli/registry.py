@@ -8,6 +8,7 @@ from typing import Any
 import click
 
 from kallos_models.cli.options import (
+    CHECK_FAILED_EXIT_STATUS,
     CONTEXT_SETTINGS,
     KallosGroup,
     SharedOption,
@@ -18,6 +19,7 @@ from kallos_models.cli.options import (
     settings,
     tracking_option,
 )
+from kallos_models.errors import GateRefusal
 
 version_option = SharedOption("--version", "version", required=True, type=int)
 alias_option = SharedOption("--alias", default="champion", show_default=True)
@@ -140,7 +142,8 @@ def registry_promote(
 ) -> None:
     """Point an alias at a version whose hold-out evaluation passes the thresholds.
 
-    A refusal says which threshold failed and the value (exit status 1).
+    A refusal by a threshold says which failed and the value, and exits with status 3; a
+    retired version or one never evaluated is an error (status 1).
 
     \b
     Example:
@@ -155,7 +158,12 @@ def registry_promote(
         min_directional_accuracy=min_directional_accuracy,
         min_sharpe=min_sharpe,
     )
-    echo_json(registry_mod.promote(s, version, alias=alias, thresholds=thresholds))
+    try:
+        promoted = registry_mod.promote(s, version, alias=alias, thresholds=thresholds)
+    except GateRefusal as exc:
+        click.echo(f"Error: {exc}", err=True)  # the gate did its job: status 3, not an error
+        ctx.exit(CHECK_FAILED_EXIT_STATUS)
+    echo_json(promoted)
 
 
 @registry.command("rollback", context_settings=CONTEXT_SETTINGS)

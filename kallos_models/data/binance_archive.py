@@ -324,6 +324,9 @@ def ingest_binance_archive(
     fallback = months[-1] if reaches and months and months[-1] == last_full else None
     plan = [*months, *days]
     first, last = (plan[0], plan[-1]) if plan else (start, start)
+    # the daily files Binance may not have published yet: yesterday's and the day before's
+    day = (today or pd.Timestamp.now(tz="UTC").tz_localize(None)).normalize()
+    unpublished = {(day - pd.Timedelta(days=n)).strftime("%Y-%m-%d") for n in (1, 2)}
 
     def file_chunks() -> Iterator[Chunk]:
         """Each usable file's rows, fetched when the ingest asks for them (one file at a
@@ -359,6 +362,8 @@ def ingest_binance_archive(
             for chunk in read_archive_zip(path, counted["lines"] + 1):
                 counted["lines"] += len(chunk.frame)
                 yield Chunk(chunk.frame, chunk.first_line, done / (done + len(plan)))
+        if not used and not refused and set(missing) <= unpublished:
+            raise _NothingPublished
         if not used:
             raise DataError(
                 f"no archive file of {symbol} {interval} from {first} to {last} could be used "
@@ -366,19 +371,28 @@ def ingest_binance_archive(
                 "interval (Binance publishes a day's file about a day later)"
             )
 
-    summary = ingest_chunks(
-        engine,
-        asset_id,
-        interval,
-        file_chunks(),
-        source=f"binance archive {symbol} {interval} {first}..{last}",
-        fmt_name="binance",
-        skip_invalid=skip_invalid,
-        progress=progress,
-    )
+    try:
+        summary: IngestSummary | None = ingest_chunks(
+            engine,
+            asset_id,
+            interval,
+            file_chunks(),
+            source=f"binance archive {symbol} {interval} {first}..{last}",
+            fmt_name="binance",
+            skip_invalid=skip_invalid,
+            progress=progress,
+        )
+    except _NothingPublished:
+        summary = None  # a scheduled run on the 1st, or before yesterday's file is out
+        why = (
+            f"the daily files {', '.join(missing)} are not published yet"
+            if missing
+            else "the current month has no finished day yet"
+        )
+        notes.append(f"nothing to ingest: {why}; run again later")
     day_missing = [p for p in missing if _DAY_RE.match(p)]
     trailing = _trailing(day_missing, [p for p in used if _DAY_RE.match(p)])
-    if trailing:
+    if trailing and summary is not None:
         notes.append(
             f"daily files from {trailing[0]} to {trailing[-1]} are not published yet (Binance "
             "publishes each day with a delay); run again later for them"
@@ -397,6 +411,10 @@ def ingest_binance_archive(
         days_missing=day_missing,
         days_refused={p: r for p, r in refused.items() if _DAY_RE.match(p)},
     )
+
+
+class _NothingPublished(Exception):
+    """Raised by the file iterator when the plan held only files not published yet."""
 
 
 def _trailing(missing: list[str], used: list[str]) -> list[str]:

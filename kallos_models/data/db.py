@@ -77,7 +77,7 @@ market_table = sa.Table(
 
 FORECASTS_TABLE = "forecasts"
 #: Stored forecasts (:mod:`kallos_models.data.forecast_store`), one row per model, asset,
-#: origin bar and step; created by the first ``predict`` that stores one.
+#: origin bar and step; created with :data:`market_table` by :func:`set_up_tables`.
 forecasts_table = sa.Table(
     FORECASTS_TABLE,
     metadata,

@@ -4,9 +4,9 @@ One row per (model, asset, timeframe, origin bar, step): the model is identified
 bundle's manifest digest (``model_id``, the same whether the bundle was read from a folder or
 downloaded from the registry), so predicting one origin twice stores it once; the first
 forecast made for an origin is kept (``INSERT ... ON CONFLICT DO NOTHING``), which is the one
-a live record must show. The table is created by the first store
-(:func:`kallos_models.data.db.set_up_tables`, under the schema lock); reading a database
-that has none yet returns no rows.
+a live record must show. The table is created with the market table whenever the tables are
+set up (:func:`kallos_models.data.db.set_up_tables`, under the schema lock: the first ingest
+or store in a database); reading a database that has none yet returns no rows.
 
 :func:`forecasts_with_actuals` joins the stored forecasts with the candles that have arrived
 since: a forecast can be scored once the bar it aims at is stored.

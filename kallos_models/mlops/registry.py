@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from kallos_models.config import Settings
-from kallos_models.errors import ConfigError, PromotionError, TrackingError
+from kallos_models.errors import ConfigError, GateRefusal, PromotionError, TrackingError
 from kallos_models.mlops import tracking
 from kallos_models.mlops.tracking import HOLDOUT, TAG_RETIRED
 from kallos_models.modelling.metrics import HEADLINE_METRICS
@@ -311,9 +311,11 @@ def promote(
 
     Raises
     ------
+    GateRefusal
+        The version fails a threshold; the message names each failing threshold and the
+        value (a :class:`PromotionError`).
     PromotionError
-        The version is retired, has no hold-out evaluation, or fails a threshold; the
-        message names each failing threshold and the value.
+        The version is retired or has no hold-out evaluation.
     TrackingError
         Unknown registered model or version (the message lists those that exist).
     """
@@ -335,7 +337,7 @@ def promote(
         metrics = {key: row[key] for key in HEADLINE_METRICS}
         failed = _failures(metrics, thresholds or Thresholds())
         if failed:
-            raise PromotionError(f"{where} was not promoted to {alias!r}: {'; '.join(failed)}")
+            raise GateRefusal(f"{where} was not promoted to {alias!r}: {'; '.join(failed)}")
         previous = _aliases_of(model).get(alias)
         changed = previous != str(mv.version)
         if changed:

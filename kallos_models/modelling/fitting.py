@@ -12,6 +12,7 @@ import contextlib
 import logging
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -195,6 +196,9 @@ def surface_interrupts() -> Iterator[None]:
     place before is put back. Wrap every call that may run a Lightning trainer (a Darts
     ``fit``, ``predict`` or ``historical_forecasts``) in it.
 
+    Within it, what is printed to stdout goes to stderr: Lightning's progress bars (``-v``)
+    write to stdout, which is kept for results (the JSON a job parses).
+
     Raises
     ------
     KeyboardInterrupt
@@ -205,7 +209,8 @@ def surface_interrupts() -> Iterator[None]:
     main = threading.current_thread() is threading.main_thread()
     previous = signal.getsignal(signal.SIGINT) if main else None
     try:
-        yield
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
     except SystemExit as exc:
         if isinstance(exc, SIGTERMException) or isinstance(exc.__context__, KeyboardInterrupt):
             raise KeyboardInterrupt() from None
@@ -402,11 +407,11 @@ def fit_forecaster(
         model_name, params, trainer_kwargs=trainer_params, random_state=seed, n_epochs=n_epochs
     )
     logger.info(
-        "fitting %s on %d rows for up to %d epochs%s",
+        "fitting %s on a %d-point target series for up to %d epochs%s",
         model_name,
         n_train,
         n_epochs,
-        "" if prepared.val_target is None else f" ({len(prepared.val_target)} validation rows)",
+        "" if prepared.val_target is None else f" ({len(prepared.val_target)} validation points)",
     )
     started = time.perf_counter()
     with surface_interrupts():

@@ -3,10 +3,11 @@
 :func:`predict` loads a bundle (checksums and manifest digest verified before anything is
 unpickled), finds the newest *closed* bar of the bundle's asset and timeframe (a bar whose
 close time is after ``as_of`` is still open and ignored), refuses data that is too old
-(``max_age``, default two bars) or whose lookback window has a missing bar, loads that window
-with the bundle's own indicator spec and columns, and forecasts ``horizon`` bars with the
-fitted preprocessing (never refit), beside the naive forecast (the last close). Unless told
-not to, it stores the forecast in the ``forecasts`` table
+(``max_age``, default two bars), an origin inside the bundle's training rows (an ``as_of``
+in the past whose forecasts would be in-sample), or a lookback window with a missing bar,
+loads that window with the bundle's own indicator spec and columns, and forecasts ``horizon``
+bars with the fitted preprocessing (never refit), beside the naive forecast (the last close).
+Unless told not to, it stores the forecast in the ``forecasts`` table
 (:mod:`kallos_models.data.forecast_store`), once per model and origin, for ``score`` to
 judge once the bars arrive.
 
@@ -79,15 +80,20 @@ def _origin(engine: Any, asset: str, timeframe: str, as_of: pd.Timestamp, max_ag
     bar = timeframe_to_timedelta(timeframe)
     origin = db.newest_open_time(engine, asset, timeframe, at_most=as_of - bar)
     if origin is None:
-        newest = db.newest_open_time(engine, asset, timeframe)
-        if newest is None:
+        stored = [
+            pd.Timestamp(row["first"])
+            for row in db.list_assets(engine)
+            if row["asset_id"] == asset and row["timeframe"] == timeframe
+        ]
+        if not stored:
             raise DataError(
                 f"asset {asset!r} has no {timeframe} bars in {db.MARKET_TABLE}; "
                 f"{describe_assets(engine)}; {_fix_ingest(asset, timeframe)}"
             )
+        oldest = stored[0]
         raise DataError(
-            f"no {timeframe} bar of {asset!r} had closed by {as_of} (the first stored opened "
-            f"at {newest}); pass a later --as-of"
+            f"no {timeframe} bar of {asset!r} had closed by {as_of} (the oldest stored bar "
+            f"opens at {oldest} and closes at {oldest + bar}); pass a later --as-of"
         )
     later = db.newest_open_time(engine, asset, timeframe)
     if later is not None and later > origin:
@@ -100,6 +106,27 @@ def _origin(engine: Any, asset: str, timeframe: str, as_of: pd.Timestamp, max_ag
             f"{_spelled(max_age)}: {_fix_ingest(asset, timeframe)}, or raise --max-age"
         )
     return origin
+
+
+def _check_out_of_sample(
+    origin: pd.Timestamp, manifest: Mapping[str, Any], bar: pd.Timedelta, as_of: pd.Timestamp
+) -> None:
+    """Refuse an origin before the bundle's last training bar: its forecasts would be of bars
+    the model was fit on (an ``--as-of`` in the past, backfilling), and scoring them would
+    flatter the model."""
+    recorded = manifest.get("train_end")
+    if recorded is None:
+        return
+    train_end = pd.Timestamp(recorded)
+    if train_end.tzinfo is not None:
+        train_end = train_end.tz_convert("UTC").tz_localize(None)
+    if origin < train_end:
+        raise DataError(
+            f"the newest closed bar at {as_of:%Y-%m-%d %H:%M} UTC opened at {origin}, inside "
+            f"the bundle's training rows (they end at {train_end}): its forecasts would be of "
+            "bars the model was fit on; pass --as-of "
+            f"{(train_end + bar).isoformat()} or later, or a bundle trained on less data"
+        )
 
 
 def _check_window(
@@ -166,8 +193,9 @@ def predict(
     ArtifactError
         A bundle missing, incomplete or tampered with.
     DataError
-        No closed bar; the newest older than ``max_age``; a missing bar in the lookback
-        window; a column the bundle needs absent from the stored candles.
+        No closed bar; the newest older than ``max_age``; the newest before the bundle's last
+        training bar (in-sample); a missing bar in the lookback window; a column the bundle
+        needs absent from the stored candles.
     DatabaseError
         The database refuses the write of the forecast (pass ``store=False``).
     """
@@ -208,6 +236,7 @@ def predict(
     engine = db.create_db_engine(s.database.url)
     try:
         origin = _origin(engine, asset, timeframe, as_of, max_age)
+        _check_out_of_sample(origin, manifest, bar, as_of)
         needed = lookback_bars(icl, 1, preprocessor.target_transform)
         expected = pd.date_range(end=origin, periods=needed, freq=bar, name="open_time")
         columns = list(dict.fromkeys([preprocessor.target_col, *preprocessor.feature_columns]))

@@ -8,7 +8,10 @@ the same for the naive forecast made at the same origin, the RMSE ratio, Diebold
 over all time and over a recent window: the forecasts whose target bar lies within ``last``
 of the newest scored target bar. It draws the rolling RMSE ratio of each group (over
 ``window`` scored forecasts) to ``{output}/score_plot.png``. With ``max_ratio`` set, every
-group whose recent ratio is above it is an alarm (the CLI exits with status 3).
+group whose recent ratio is above it is an alarm (the CLI exits with status 3). A group with
+no forecast in the recent window and none pending has stopped forecasting (a champion
+replaced, or a ``predict`` job that keeps failing): it is marked ``stale`` and warned about,
+not an alarm, since a replaced model stops by design and a failing ``predict`` exits 1 itself.
 """
 
 from __future__ import annotations
@@ -134,7 +137,9 @@ def score(settings: Settings | ScoreSettings) -> ScoreResult:
     -------
     ScoreResult
         ``record``: ``groups`` (per model, asset, timeframe and step: the model's identity,
-        ``all`` and ``recent`` metrics, ``pending`` forecasts whose bar has not arrived),
+        ``all`` and ``recent`` metrics, ``pending`` forecasts whose bar has not arrived,
+        ``stale``: scored before but with nothing recent or pending, a model that stopped
+        forecasting, logged as a warning and never an alarm),
         ``scored`` and ``pending`` totals, ``recent_from``, ``max_ratio``, ``alarms`` and
         ``plot``.
 
@@ -179,6 +184,16 @@ def score(settings: Settings | ScoreSettings) -> ScoreResult:
             "recent": _metrics(recent, step),
             "pending": int(everything["actual"].isna().sum()),
         }
+        # scored once, but nothing in the recent window and nothing waiting: it stopped
+        group["stale"] = bool(len(rows)) and group["recent"] is None and not group["pending"]
+        if group["stale"]:
+            logger.warning(
+                "%s: no forecast in the recent window (its last scored bar is %s): it has "
+                "stopped forecasting (a replaced model, or a predict job that fails); no drift "
+                "alarm can be raised for it",
+                _label(group),
+                rows["target_time"].iloc[-1],
+            )
         groups.append(group)
         curve = rolling_ratio(rows, s.window) if len(rows) else pd.Series(dtype="float64")
         if not curve.empty:
