@@ -11,7 +11,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PY) -m pip install -q --upgrade pip
 	# torch first: a plain `torch` requirement on a fresh venv would pull a multi-GB CUDA build.
 	$(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e ".[dev,mlflow,exchange]"
+	$(PY) -m pip install -q -e ".[dev,mlflow,exchange,lightgbm]"
 	touch $@
 
 install: $(VENV)/.installed

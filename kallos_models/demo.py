@@ -27,7 +27,7 @@ class DemoResult:
     synthetic: bool
     database: str
     params_path: Path
-    bundle: dict[str, str]
+    bundle: dict[str, str | None]
     metrics_path: Path
     plot_path: Path
     headline: dict[str, Any]

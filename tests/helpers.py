@@ -108,7 +108,12 @@ TINY_PARAMS: dict[str, dict] = {
     "tsmixer": {"hidden_size": 8, "ff_size": 8, "num_blocks": 1},
     "dlinear": {"kernel_size": 5},
     "nlinear": {},
+    # the regression models: no batch size, epochs or optimiser (see tiny_params)
+    "linear": {},
+    "lightgbm": {"n_estimators": 10, "num_leaves": 4},
 }
+#: The keys of COMMON_TINY a regression model (no torch) takes.
+REGRESSION_TINY_KEYS = ("input_chunk_length", "output_chunk_length")
 
 
 def tiny_params(model_name: str, **overrides: Any) -> dict:
@@ -117,7 +122,12 @@ def tiny_params(model_name: str, **overrides: Any) -> dict:
     An override of None removes the key (e.g. ``n_epochs=None``: the caller's max_epochs
     decides how long to train).
     """
-    params = {**COMMON_TINY, **TINY_PARAMS[model_name], **overrides}
+    from kallos_models.modelling.zoo import get_spec
+
+    common = dict(COMMON_TINY)
+    if not get_spec(model_name).deep:
+        common = {k: v for k, v in common.items() if k in REGRESSION_TINY_KEYS}
+    params = {**common, **TINY_PARAMS[model_name], **overrides}
     return {k: v for k, v in params.items() if v is not None}
 
 

@@ -28,7 +28,7 @@ from kallos_models.modelling.zoo import (
 )
 from tests.helpers import TINY_PARAMS, tiny_params
 
-EXPECTED_MODELS = [
+DEEP_MODELS = [
     "dlinear",
     "gru",
     "lstm",
@@ -41,6 +41,9 @@ EXPECTED_MODELS = [
     "tsmixer",
     "nlinear",
 ]
+#: regression models over lags (tests/test_baselines.py covers them through the CLI)
+REGRESSION_MODELS = ["lightgbm", "linear"]
+EXPECTED_MODELS = DEEP_MODELS + REGRESSION_MODELS
 
 # Cheap settings shared by every training test (Darts' own test habit).
 TRAINER_KWARGS = {"accelerator": "cpu"}
@@ -86,8 +89,8 @@ def test_defaults_are_valid_and_shared_defaults_hold(model_name):
     assert spec.defaults["input_chunk_length"] == 30
     assert spec.defaults["output_chunk_length"] == 1
     kwargs = validate_params(model_name, {})
-    assert kwargs["input_chunk_length"] == 30
-    assert kwargs["output_chunk_length"] == 1
+    assert architectures.chunk_lengths(kwargs) == (30, 1)
+    assert spec.deep == (model_name in DEEP_MODELS)
 
 
 def test_unknown_model_lists_available_names():
@@ -125,7 +128,8 @@ def test_every_model_fits_and_predicts_with_past_covariates(model_name, series, 
         model_name, tiny_params(model_name), trainer_kwargs=TRAINER_KWARGS, random_state=0
     )
     assert model.__class__.__name__ == get_spec(model_name).darts_class.rsplit(".", 1)[-1]
-    model.fit(target, past_covariates=covariates, verbose=False)
+    fit_kwargs = {"verbose": False} if model_name in DEEP_MODELS else {}
+    model.fit(target, past_covariates=covariates, **fit_kwargs)
     forecast = model.predict(n=1, series=target, past_covariates=covariates, verbose=False)
     assert len(forecast) == 1
     assert forecast.start_time() == target.end_time() + target.freq
@@ -296,9 +300,12 @@ def test_sampled_params_are_accepted(model_name, timeframe):
         sampled = spec.search_space(trial, timeframe)
         assert set(sampled) == set(trial.params)
         assert low <= sampled["input_chunk_length"] <= high
-        assert "learning_rate" in sampled
+        assert ("learning_rate" in sampled) == (model_name != "linear")
         model = create_model(model_name, sampled, trainer_kwargs=TRAINER_KWARGS)
-        assert model.model_params["input_chunk_length"] == sampled["input_chunk_length"]
+        if model_name in DEEP_MODELS:
+            assert model.model_params["input_chunk_length"] == sampled["input_chunk_length"]
+        else:
+            assert model.model_params["lags"] == sampled["input_chunk_length"]
         study.tell(trial, 0.0)
 
 
@@ -392,20 +399,20 @@ _COMMON_DEFAULT_NAMES = {
     "n_epochs",
 }
 _COMMON_TUNABLE_NAMES = {"batch_size", "input_chunk_length", "learning_rate"}
+_REGRESSION_COMMON = ("input_chunk_length", "output_chunk_length")
 
 
 def _doc_row(entry: dict) -> str:
+    # a regression model shares only the lookback and the chunk with the deep ones
+    common_defaults = _COMMON_DEFAULT_NAMES if entry["deep"] else set(_REGRESSION_COMMON)
+    common_tunable = _COMMON_TUNABLE_NAMES if entry["deep"] else {"input_chunk_length"}
     fixed = ", ".join(f"`{k}={v!r}`" for k, v in entry["fixed_kwargs"].items()) or "-"
     defaults = (
-        ", ".join(
-            f"`{k}={v!r}`" for k, v in entry["defaults"].items() if k not in _COMMON_DEFAULT_NAMES
-        )
+        ", ".join(f"`{k}={v!r}`" for k, v in entry["defaults"].items() if k not in common_defaults)
         or "-"
     )
     tunable = (
-        "; ".join(
-            f"`{k}` {v}" for k, v in entry["tunable"].items() if k not in _COMMON_TUNABLE_NAMES
-        )
+        "; ".join(f"`{k}` {v}" for k, v in entry["tunable"].items() if k not in common_tunable)
         or "-"
     )
     constraints = "; ".join(f"`{c}`" for c in entry["constraints"]) or "-"
@@ -426,7 +433,8 @@ def test_documentation_registry_table_matches_code():
         k: v for k, v in get_spec("gru").defaults.items() if k in _COMMON_DEFAULT_NAMES
     }
     for spec in MODEL_REGISTRY.values():
-        assert {k: spec.defaults[k] for k in _COMMON_DEFAULT_NAMES} == common_defaults
+        names = _COMMON_DEFAULT_NAMES if spec.deep else set(_REGRESSION_COMMON)
+        assert {k: spec.defaults[k] for k in names} == {k: common_defaults[k] for k in names}
     assert common_defaults == {
         "input_chunk_length": 30,
         "output_chunk_length": 1,

@@ -62,7 +62,13 @@ def models(ctx: click.Context, timeframe, as_json) -> None:
 def _model_lines(rows: list[dict[str, Any]]) -> list[str]:
     lines = []
     for row in rows:
-        lines.append(f"{row['name']:<12} {row['darts_class']}  {row['description']}")
+        notes = [] if row["deep"] else ["not deep"]
+        if row["extra"]:
+            notes.append(
+                f"needs the {row['extra']} extra" + ("" if row["installed"] else ", missing")
+            )
+        note = f"  ({'; '.join(notes)})" if notes else ""
+        lines.append(f"{row['name']:<12} {row['darts_class']}  {row['description']}{note}")
         lines += [f"    {param:<22} {space}" for param, space in row["tunable"].items()]
     return lines
 

@@ -13,6 +13,8 @@ module does the file work beneath it:
   ``--overwrite``. On an error the new files are taken out again and the old ones put back.
 - **Leftovers.** :func:`remove_leftovers` deletes the staging folders of processes that are no
   longer running and the ``.{name}.{hex}.tmp`` files of older versions.
+- **Names.** :class:`BundlePaths` and :func:`bundle_paths`: the files of a bundle (three for
+  a regression model of the zoo, which has no checkpoint), re-exported by ``bundles``.
 - **Tamper evidence.** :func:`seal_manifest` adds ``manifest_digest``, the sha256 of the
   canonical JSON of every other field (:func:`manifest_digest`); :func:`read_manifest`
   verifies it, and :func:`check_manifest_agrees` compares the guarded facts with the
@@ -30,6 +32,7 @@ import re
 import secrets
 import shutil
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -38,13 +41,16 @@ import pandas as pd
 
 from kallos_models.config import timeframe_to_timedelta
 from kallos_models.errors import ArtifactError, KallosError
-from kallos_models.files import json_default
+from kallos_models.files import DEFAULT_TIMEFRAME, json_default, run_stem
+from kallos_models.modelling import zoo
 
 logger = logging.getLogger(__name__)
 
 __all__ = [
     "BUNDLE_FORMAT",
     "FILE_ROLES",
+    "BundlePaths",
+    "bundle_paths",
     "MANIFEST_DIGEST_KEY",
     "UNSEALED_FORMAT",
     "canonical_json",
@@ -176,9 +182,11 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ArtifactError(f"manifest {path} is not a JSON object; retrain or restore the bundle")
     files = data.get("files")
+    # a regression model's bundle has no checkpoint; the digest guards model_kind
+    roles = [r for r in FILE_ROLES if r != "checkpoint" or data.get("model_kind") != "regression"]
     if not isinstance(files, dict) or not all(
         isinstance(files.get(role), dict) and isinstance(files[role].get("sha256"), str)
-        for role in FILE_ROLES
+        for role in roles
     ):
         raise ArtifactError(
             f"manifest {path} has no checksums for the model, checkpoint and scaler files; "
@@ -413,3 +421,82 @@ def manifest_indicators(manifest: Mapping[str, Any], columns: list[str]) -> dict
     if recorded is None:
         return {c: DEFAULT_INDICATORS[c] for c in columns if c in DEFAULT_INDICATORS}
     return dict(recorded)
+
+
+# --------------------------------------------------------------------------------------------
+# The bundle's file names
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class BundlePaths:
+    """The files of a bundle; ``checkpoint`` is None for a regression model's."""
+
+    model: Path
+    checkpoint: Path | None
+    scaler: Path
+    manifest: Path
+
+    def as_dict(self) -> dict[str, str | None]:
+        """``{"model": ..., "checkpoint": ..., "scaler": ..., "manifest": ...}`` as strings
+        (``checkpoint`` None when the bundle has none)."""
+        return {
+            "model": str(self.model),
+            "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
+            "scaler": str(self.scaler),
+            "manifest": str(self.manifest),
+        }
+
+    def files(self) -> tuple[Path, ...]:
+        """The bundle's paths (three or four), manifest last."""
+        return tuple(
+            path
+            for path in (self.model, self.checkpoint, self.scaler, self.manifest)
+            if path is not None
+        )
+
+    def data_files(self) -> list[tuple[str, Path]]:
+        """``(role, path)`` of the files the manifest checksums, in publishing order."""
+        return [
+            (role, path)
+            for role, path in (
+                ("model", self.model),
+                ("checkpoint", self.checkpoint),
+                ("scaler", self.scaler),
+            )
+            if path is not None
+        ]
+
+
+def bundle_paths(
+    output_dir: str | Path, model_name: str, asset_id: str, timeframe: str = DEFAULT_TIMEFRAME
+) -> BundlePaths:
+    """The paths of the bundle of ``model_name`` for ``asset_id`` in ``output_dir``.
+
+    Parameters
+    ----------
+    output_dir : str or Path
+        Directory of the bundle. No default.
+    model_name : str
+        Registry key, e.g. ``"gru"``. No default.
+    asset_id : str
+        Asset, e.g. ``"BTC"``; made file-name-safe with :func:`safe_file_stem`. No default.
+    timeframe : str, default "1d"
+        Bar size; in the names unless it is the default (:func:`kallos_models.files.run_stem`).
+
+    Returns
+    -------
+    BundlePaths
+        ``{stem}.pt``, ``{stem}.pt.ckpt``, ``{stem}_scaler.pkl`` and ``{stem}_manifest.json``
+        in ``output_dir``, ``{stem}`` from :func:`kallos_models.files.run_stem`; no
+        checkpoint for a regression model of the zoo.
+    """
+    base = Path(output_dir)
+    stem = run_stem(model_name, asset_id, timeframe=timeframe)
+    spec = zoo.MODEL_ZOO.get(model_name)
+    return BundlePaths(
+        model=base / f"{stem}.pt",
+        checkpoint=base / f"{stem}.pt.ckpt" if spec is None or spec.deep else None,
+        scaler=base / f"{stem}_scaler.pkl",
+        manifest=base / f"{stem}_manifest.json",
+    )

@@ -3,10 +3,14 @@
 A bundle is four files in one directory, named from the model, the asset and (unless it is
 the default ``1d``) the timeframe (:func:`kallos_models.files.run_stem`)::
 
-    {stem}.pt              the Darts model object (TorchForecastingModel.save)
+    {stem}.pt              the Darts model object (its ``save``)
     {stem}.pt.ckpt         its Lightning checkpoint (weights), written by Darts beside it
     {stem}_scaler.pkl      the fitted FeaturePreprocessor (pickle)
-    {stem}_manifest.json   parameters, data range, versions, sha256 of the 3 others, its digest
+    {stem}_manifest.json   parameters, data range, versions, sha256 of the others, its digest
+
+A regression model of the zoo (``linear``, ``lightgbm``) has no checkpoint: its ``.pt`` holds
+the whole fitted model, and its bundle is the three other files (the manifest's
+``model_kind`` is ``"regression"`` and its ``files`` has no ``checkpoint``).
 
 with ``{stem}`` = ``{model}_{asset}`` at 1d (``gru_BTC``) and ``{model}_{asset}_{timeframe}``
 otherwise (``gru_BTC_4h``).
@@ -43,12 +47,11 @@ from kallos_models.errors import ArtifactError
 from kallos_models.files import (
     DEFAULT_TIMEFRAME,
     dumps,
-    run_stem,
     safe_file_stem,
     sha256_file,
 )
 from kallos_models.modelling import bundle_files
-from kallos_models.modelling.bundle_files import BUNDLE_FORMAT, FILE_ROLES
+from kallos_models.modelling.bundle_files import BUNDLE_FORMAT, BundlePaths, bundle_paths
 from kallos_models.modelling.fitting import cuda_available
 from kallos_models.modelling.preprocessing import FeaturePreprocessor
 
@@ -85,61 +88,6 @@ def is_registry_uri(path: str | Path | None) -> bool:
     """Whether ``path`` names a registered model version (``models:/name@alias`` or
     ``models:/name/version``) rather than a bundle file."""
     return path is not None and str(path).startswith("models:/")
-
-
-@dataclass(frozen=True)
-class BundlePaths:
-    """The four files of a bundle."""
-
-    model: Path
-    checkpoint: Path
-    scaler: Path
-    manifest: Path
-
-    def as_dict(self) -> dict[str, str]:
-        """``{"model": ..., "checkpoint": ..., "scaler": ..., "manifest": ...}`` as strings."""
-        return {
-            "model": str(self.model),
-            "checkpoint": str(self.checkpoint),
-            "scaler": str(self.scaler),
-            "manifest": str(self.manifest),
-        }
-
-    def files(self) -> tuple[Path, Path, Path, Path]:
-        """The four paths, manifest last."""
-        return (self.model, self.checkpoint, self.scaler, self.manifest)
-
-
-def bundle_paths(
-    output_dir: str | Path, model_name: str, asset_id: str, timeframe: str = DEFAULT_TIMEFRAME
-) -> BundlePaths:
-    """The paths of the bundle of ``model_name`` for ``asset_id`` in ``output_dir``.
-
-    Parameters
-    ----------
-    output_dir : str or Path
-        Directory of the bundle. No default.
-    model_name : str
-        Registry key, e.g. ``"gru"``. No default.
-    asset_id : str
-        Asset, e.g. ``"BTC"``; made file-name-safe with :func:`safe_file_stem`. No default.
-    timeframe : str, default "1d"
-        Bar size; in the names unless it is the default (:func:`kallos_models.files.run_stem`).
-
-    Returns
-    -------
-    BundlePaths
-        ``{stem}.pt``, ``{stem}.pt.ckpt``, ``{stem}_scaler.pkl`` and ``{stem}_manifest.json``
-        in ``output_dir``, ``{stem}`` from :func:`kallos_models.files.run_stem`.
-    """
-    base = Path(output_dir)
-    stem = run_stem(model_name, asset_id, timeframe=timeframe)
-    return BundlePaths(
-        model=base / f"{stem}.pt",
-        checkpoint=base / f"{stem}.pt.ckpt",
-        scaler=base / f"{stem}_scaler.pkl",
-        manifest=base / f"{stem}_manifest.json",
-    )
 
 
 def check_overwrite(paths: BundlePaths, *, overwrite: bool = False) -> None:
@@ -296,11 +244,16 @@ def save_bundle(
             )
 
     staging = bundle_files.staging_dir(directory, stem)
-    staged = BundlePaths(*(staging / path.name for path in paths.files()))
+    staged = BundlePaths(
+        model=staging / paths.model.name,
+        checkpoint=None if paths.checkpoint is None else staging / paths.checkpoint.name,
+        scaler=staging / paths.scaler.name,
+        manifest=staging / paths.manifest.name,
+    )
     published = False
     try:
-        _save_model(model, staged.model)  # Darts writes staged.model + ".ckpt" beside it
-        if not staged.checkpoint.exists():
+        _save_model(model, staged.model)  # a torch model: Darts writes ".ckpt" beside it
+        if staged.checkpoint is not None and not staged.checkpoint.exists():
             raise ArtifactError(
                 "the model has no trained weights (Darts wrote no checkpoint); fit it before "
                 "saving the bundle"
@@ -309,11 +262,11 @@ def save_bundle(
             pickle.dump(preprocessor, handle, protocol=pickle.HIGHEST_PROTOCOL)
             handle.flush()
             os.fsync(handle.fileno())
-        bundle_files.fsync_file(staged.model)
-        bundle_files.fsync_file(staged.checkpoint)
+        for _, path in staged.data_files():
+            bundle_files.fsync_file(path)
         files = {
-            role: {"name": getattr(paths, role).name, "sha256": sha256_file(getattr(staged, role))}
-            for role in FILE_ROLES
+            role: {"name": final.name, "sha256": sha256_file(staging / final.name)}
+            for role, final in paths.data_files()
         }
         sealed = bundle_files.seal_manifest(
             {
@@ -322,6 +275,7 @@ def save_bundle(
                 "kallos_version": __version__,
                 "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "versions": library_versions(),
+                "model_kind": "torch" if paths.checkpoint is not None else "regression",
                 "files": files,
             }
         )
@@ -331,11 +285,7 @@ def save_bundle(
             os.fsync(handle.fileno())
         bundle_files.fsync_dir(staging)
         bundle_files.publish(
-            [
-                (staged.model, paths.model),
-                (staged.checkpoint, paths.checkpoint),
-                (staged.scaler, paths.scaler),
-            ],
+            [(staging / final.name, final) for _, final in paths.data_files()],
             staging,
             manifest=(staged.manifest, paths.manifest),
         )
@@ -454,7 +404,7 @@ def load_bundle(
         )
     manifest = bundle_files.read_manifest(manifest_file)
     files = manifest["files"]
-    checkpoint_file = Path(f"{model_file}.ckpt")
+    checkpoint_file = Path(f"{model_file}.ckpt") if "checkpoint" in files else None
     if scaler_path is not None:
         scaler_file = Path(scaler_path)
     else:
@@ -466,7 +416,8 @@ def load_bundle(
         scaler_file = manifest_file.with_name(name)
 
     _verify(model_file, files["model"]["sha256"], "model")
-    _verify(checkpoint_file, files["checkpoint"]["sha256"], "checkpoint")
+    if checkpoint_file is not None:
+        _verify(checkpoint_file, files["checkpoint"]["sha256"], "checkpoint")
     _verify(scaler_file, files["scaler"]["sha256"], "scaler")
     bundle_files.verify_manifest(manifest, manifest_file)
 
@@ -478,11 +429,16 @@ def load_bundle(
             "FeaturePreprocessor; pass the bundle's _scaler.pkl"
         )
 
-    from darts.models.forecasting.torch_forecasting_model import TorchForecastingModel
-
     cuda = cuda_available()
-    load_kwargs: dict[str, Any] = {} if cuda else {"map_location": "cpu"}
-    model = TorchForecastingModel.load(str(model_file), **load_kwargs)
+    if checkpoint_file is None:  # a regression model: the .pt is the whole fitted model
+        from darts.models.forecasting.forecasting_model import ForecastingModel
+
+        model = ForecastingModel.load(str(model_file))
+    else:
+        from darts.models.forecasting.torch_forecasting_model import TorchForecastingModel
+
+        load_kwargs: dict[str, Any] = {} if cuda else {"map_location": "cpu"}
+        model = TorchForecastingModel.load(str(model_file), **load_kwargs)
     bundle_files.check_manifest_agrees(manifest, preprocessor, model, manifest_file)
     _fit_trainer_to_machine(model, cuda)
     logger.info("loaded bundle %s", manifest_file)

@@ -285,6 +285,40 @@ def _strip_callbacks(model: Any, internal: Sequence[Any]) -> None:
             ]
 
 
+def _check_train_length(model_name: str, prepared: PreparedSeries, icl: int, ocl: int) -> int:
+    n_train = len(prepared.train_target)
+    if n_train < icl + ocl:
+        raise DataError(
+            f"training series has {n_train} rows, but model {model_name!r} needs at least "
+            f"{icl + ocl} (input_chunk_length {icl} + output_chunk_length {ocl}); load more "
+            "history or lower input_chunk_length"
+        )
+    return n_train
+
+
+def _fit_regression(
+    model_name: str, params: Mapping[str, Any], prepared: PreparedSeries, seed: int
+) -> FitResult:
+    """Fit a regression model (``linear``, ``lightgbm``) on the training rows only: no
+    trainer, no epochs; the validation rows, when given, are not used."""
+    import random
+
+    import numpy as np
+
+    kwargs = architectures.validate_params(model_name, params, random_state=seed)
+    _check_train_length(model_name, prepared, *architectures.chunk_lengths(kwargs))
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    model = architectures.create_model(model_name, params, random_state=seed)
+    logger.info("fitting %s on a %d-point target series", model_name, len(prepared.train_target))
+    started = time.perf_counter()
+    with surface_interrupts():
+        model.fit(series=prepared.train_target, past_covariates=prepared.train_covariates)
+    seconds = time.perf_counter() - started
+    logger.info("fit %s in %.1fs", model_name, seconds)
+    return FitResult(model=model, best_epoch=None, epochs_run=0, seconds=seconds, val_loss=None)
+
+
 def fit_forecaster(
     model_name: str,
     params: Mapping[str, Any],
@@ -297,6 +331,10 @@ def fit_forecaster(
     extra_callbacks: Sequence[Any] = (),
 ) -> FitResult:
     """Build ``model_name`` with ``params`` and fit it on ``prepared``.
+
+    A regression model (``linear``, ``lightgbm``) is fit by its estimator on the training
+    rows; the epoch, trainer, early-stopping and callback arguments do not apply to it, and
+    its result has ``epochs_run`` 0 and no ``best_epoch``. What follows is the deep models'.
 
     The model trains on ``prepared.train_target`` with ``prepared.train_covariates`` as past
     covariates; no validation row is ever a training row. When ``prepared.val_target`` is
@@ -348,21 +386,15 @@ def fit_forecaster(
         Ctrl-C or SIGTERM during the fit, which Lightning would turn into its own exit (see
         :func:`surface_interrupts`).
     """
+    if not architectures.get_spec(model_name).deep:
+        return _fit_regression(model_name, params, prepared, seed)
     n_epochs = resolve_n_epochs(params, max_epochs, model_name)
     base_kwargs = dict(build_trainer_kwargs() if trainer_kwargs is None else trainer_kwargs)
     kwargs = architectures.validate_params(
         model_name, params, trainer_kwargs=base_kwargs, random_state=seed, n_epochs=n_epochs
     )
-    input_chunk_length = int(kwargs["input_chunk_length"])
-    output_chunk_length = int(kwargs["output_chunk_length"])
-    needed = input_chunk_length + output_chunk_length
-    n_train = len(prepared.train_target)
-    if n_train < needed:
-        raise DataError(
-            f"training series has {n_train} rows, but model {model_name!r} needs at least "
-            f"{needed} (input_chunk_length {input_chunk_length} + output_chunk_length "
-            f"{output_chunk_length}); load more history or lower input_chunk_length"
-        )
+    input_chunk_length, output_chunk_length = architectures.chunk_lengths(kwargs)
+    n_train = _check_train_length(model_name, prepared, input_chunk_length, output_chunk_length)
 
     fit_kwargs: dict[str, Any] = {
         "series": prepared.train_target,

@@ -24,16 +24,23 @@ RESULT_COLUMNS: tuple[str, ...] = ("actual", "forecast", "naive", "origin_close"
 
 
 def model_chunk_lengths(model: Any) -> tuple[int, int]:
-    """``(input_chunk_length, output_chunk_length)`` of a Darts torch model (ModelError)."""
+    """``(input_chunk_length, output_chunk_length)`` of a Darts model from the zoo (ModelError).
+
+    A torch model has both attributes; for a regression model over lags the lookback is its
+    oldest lag of the target or of the past covariates (``extreme_lags``).
+    """
     try:
-        icl = int(model.input_chunk_length)
         ocl = int(model.output_chunk_length)
-    except (AttributeError, TypeError) as exc:
+        if hasattr(model, "input_chunk_length"):
+            return int(model.input_chunk_length), ocl
+        lags = model.extreme_lags
+        oldest = min(lag for lag in (lags[0], lags[2]) if lag is not None)
+        return int(-oldest), ocl
+    except (AttributeError, TypeError, ValueError) as exc:
         raise ModelError(
             f"{type(model).__name__} has no input_chunk_length/output_chunk_length; rolling "
-            "forecasts need a Darts torch forecasting model (see architectures.create_model)"
+            "forecasts need a Darts forecasting model of the zoo (see zoo.create_model)"
         ) from exc
-    return icl, ocl
 
 
 def check_horizon(horizon: int, output_chunk_length: int) -> int:

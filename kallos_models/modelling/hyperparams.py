@@ -9,6 +9,7 @@ until :func:`training_params` checks the parameters against the model's class.
 from __future__ import annotations
 
 import json
+import logging
 import math
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +17,8 @@ from typing import Any
 
 from kallos_models.errors import ConfigError
 from kallos_models.modelling import fitting, zoo
+
+logger = logging.getLogger(__name__)
 
 __all__ = ["full_params", "read_params_file", "resolve_params", "training_params"]
 
@@ -160,7 +163,8 @@ def training_params(
     tuple of (dict, dict)
         The parameters to fit with (registry defaults, ``params`` over them, the resolved
         ``n_epochs``; what a bundle's manifest records as ``params``), and the Darts
-        constructor kwargs they check out as.
+        constructor kwargs they check out as. A regression model has no epochs: ``n_epochs``
+        in ``params`` and ``max_epochs`` are ignored (logged), and the parameters carry none.
 
     Raises
     ------
@@ -171,6 +175,13 @@ def training_params(
     """
     spec = zoo.get_spec(model_name)
     values = resolve_params(params)
+    if not spec.deep:
+        if values.pop("n_epochs", None) is not None or max_epochs is not None:
+            logger.info(
+                "%s is not trained in epochs: n_epochs and max_epochs are ignored", model_name
+            )
+        used = {**spec.defaults, **values}
+        return used, zoo.validate_params(model_name, used, random_state=seed)
     n_epochs = fitting.resolve_n_epochs(values, max_epochs, model_name)
     used = full_params(spec.defaults, values, n_epochs)
     checked = zoo.validate_params(model_name, used, random_state=seed)

@@ -143,8 +143,7 @@ def train_model(
     used_params, checked = training_params(
         model_name, params, max_epochs=s.trainer.max_epochs, seed=s.trainer.seed
     )
-    input_chunk_length = int(checked["input_chunk_length"])
-    output_chunk_length = int(checked["output_chunk_length"])
+    input_chunk_length, output_chunk_length = zoo.chunk_lengths(checked)
     fitting.check_accelerator(s.trainer.accelerator)  # before any data is read
 
     paths = bundles.bundle_paths(s.output_dir, model_name, s.asset_id, s.timeframe)
@@ -184,7 +183,12 @@ def train_model(
         trainer_kwargs=trainer_kwargs,
     )
     preprocessor = prepared.preprocessor
-    facts = _trainer_facts(fit.model)
+    # a regression model is fit by its estimator on the CPU, without a Lightning trainer
+    facts = (
+        _trainer_facts(fit.model)
+        if spec.deep
+        else {"accelerator": "cpu", "devices": None, "precision": None}
+    )
     manifest: dict[str, Any] = {
         "model_name": model_name,
         "darts_class": spec.darts_class,
@@ -216,7 +220,7 @@ def train_model(
         "devices": facts["devices"],
         "precision": facts["precision"],
         "requested_accelerator": s.trainer.accelerator,
-        "epochs_run": fit.epochs_run,
+        "epochs_run": fit.epochs_run if spec.deep else None,
         "training_seconds": round(fit.seconds, 3),
     }
     bundles.save_bundle(
@@ -230,13 +234,13 @@ def train_model(
     )
     written = json.loads(paths.manifest.read_text(encoding="utf-8"))
     logger.info(
-        "trained %s on %s: %d rows %s .. %s, %d epoch(s) in %.1fs; bundle %s",
+        "trained %s on %s: %d rows %s .. %s, %sin %.1fs; bundle %s",
         model_name,
         s.asset_id,
         len(frame),
         manifest["train_start"],
         manifest["train_end"],
-        fit.epochs_run,
+        f"{fit.epochs_run} epoch(s) " if spec.deep else "",
         fit.seconds,
         paths.model,
     )

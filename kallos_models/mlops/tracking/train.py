@@ -161,9 +161,7 @@ def _log_bundle(
             name=MODEL_ARTIFACT,
             python_model=str(code),
             artifacts={
-                "model": str(paths.model),
-                "checkpoint": str(paths.checkpoint),
-                "scaler": str(paths.scaler),
+                **{role: str(path) for role, path in paths.data_files()},
                 "manifest": str(paths.manifest),
             },
             pip_requirements=_requirements(),

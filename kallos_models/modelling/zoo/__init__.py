@@ -3,7 +3,8 @@
 Each supported forecaster is one :class:`ModelSpec` entry in :data:`MODEL_ZOO` (also importable
 under its former name ``MODEL_REGISTRY``; this is unrelated to the MLflow model registry).
 Nothing here subclasses a Darts model: a spec is data, and :func:`create_model` turns a spec
-plus a parameter mapping into a Darts ``TorchForecastingModel``.
+plus a parameter mapping into a Darts model: a ``TorchForecastingModel`` (the deep models) or a
+regression model over lags (``linear``, ``lightgbm``; ``ModelSpec.kind == "regression"``).
 
 Parameter names are Darts' own constructor names (``hidden_dim``, ``n_rnn_layers``,
 ``d_model``, ``batch_size``, ``input_chunk_length``, ...) plus ``learning_rate``, which is
@@ -26,6 +27,7 @@ must answer at once).
 from __future__ import annotations
 
 from kallos_models.modelling.zoo.params import (
+    chunk_lengths,
     create_model,
     list_models,
     max_input_chunk_length,
@@ -64,6 +66,7 @@ __all__ = [
     "SearchSpace",
     "Tunable",
     "bars_per_day",
+    "chunk_lengths",
     "create_model",
     "get_spec",
     "list_models",

@@ -8,6 +8,7 @@ Darts and torch are imported only inside the functions that build or inspect a m
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import inspect
 import logging
 import math
@@ -32,7 +33,13 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["create_model", "list_models", "max_input_chunk_length", "validate_params"]
+__all__ = [
+    "chunk_lengths",
+    "create_model",
+    "list_models",
+    "max_input_chunk_length",
+    "validate_params",
+]
 
 # --------------------------------------------------------------------------------------------
 # Parameter validation and model construction
@@ -48,21 +55,61 @@ def _import_darts_class(darts_class: str) -> Any:
     return getattr(importlib.import_module(module_name), class_name)
 
 
-@cache
-def _accepted_params(darts_class: str) -> frozenset[str]:
-    """Keyword names the Darts class accepts, found the way Darts itself validates them.
+#: Set from ``input_chunk_length`` for a regression model (and ``model``, the estimator, by the
+#: Darts class itself); never given directly.
+_LAG_PARAMS = frozenset({"lags", "lags_past_covariates", "lags_future_covariates", "model"})
 
-    The ``__init__`` of the class and of every base class, plus the ``PLForecastingModule``
-    kwargs (``optimizer_kwargs``, ``loss_fn``, ``likelihood``, ...), plus ``learning_rate``.
-    """
-    from darts.models.forecasting.pl_forecasting_module import PLForecastingModule
 
-    names = set(inspect.signature(PLForecastingModule.__init__).parameters)
+def _init_params(darts_class: str) -> set[str]:
+    names: set[str] = set()
     for base in inspect.getmro(_import_darts_class(darts_class)):
         if base is object:
             break
         names.update(inspect.signature(base.__init__).parameters)  # type: ignore[misc]
+    return names
+
+
+@cache
+def _accepted_params(darts_class: str, estimator: str | None = None) -> frozenset[str]:
+    """Keyword names the Darts class accepts, found the way Darts itself validates them.
+
+    A torch model: the ``__init__`` of the class and of every base class, plus the
+    ``PLForecastingModule`` kwargs (``optimizer_kwargs``, ``loss_fn``, ``likelihood``, ...),
+    plus ``learning_rate``. A regression model (``estimator`` given): the class's own names
+    except the lags, plus the estimator's ``get_params()`` names (what Darts passes on to
+    it), plus ``input_chunk_length`` (the lookback the lags are made from).
+    """
+    if estimator is not None:
+        module_name, _, class_name = estimator.rpartition(".")
+        wrapped = getattr(importlib.import_module(module_name), class_name)
+        names = _init_params(darts_class) - _LAG_PARAMS
+        names |= set(wrapped().get_params())
+        return frozenset((names - _INTERNAL_PARAMS) | {"input_chunk_length"})
+    from darts.models.forecasting.pl_forecasting_module import PLForecastingModule
+
+    names = set(inspect.signature(PLForecastingModule.__init__).parameters)
+    names |= _init_params(darts_class)
     return frozenset((names - _INTERNAL_PARAMS) | {"learning_rate"})
+
+
+def _check_installed(spec: ModelSpec) -> None:
+    """Refuse, naming the extra to install, a model whose estimator package is missing."""
+    if spec.estimator is None:
+        return
+    package = spec.estimator.split(".")[0]
+    if importlib.util.find_spec(package) is None:
+        extra = spec.extra or package
+        raise ModelError(
+            f"model {spec.name!r} needs the {package} package: pip install "
+            f"'kallos-models[{extra}]' (or pip install {package})"
+        )
+
+
+def chunk_lengths(kwargs: Mapping[str, Any]) -> tuple[int, int]:
+    """``(input_chunk_length, output_chunk_length)`` of the kwargs :func:`validate_params`
+    returns: a regression model's lookback is its ``lags``."""
+    lookback = kwargs["input_chunk_length"] if "input_chunk_length" in kwargs else kwargs["lags"]
+    return int(lookback), int(kwargs["output_chunk_length"])
 
 
 def _is_int(value: Any) -> bool:
@@ -84,6 +131,10 @@ def _check_values(spec: ModelSpec, kwargs: Mapping[str, Any]) -> None:
     lr = optimizer_kwargs.get("lr")
     if lr is not None and not (_is_number(lr) and 0 < float(lr) < math.inf):
         raise ModelError(f"{prefix} learning_rate must be a number > 0, got {lr!r}")
+    if spec.kind == "regression" and "learning_rate" in kwargs:
+        rate = kwargs["learning_rate"]
+        if not (_is_number(rate) and 0 < float(rate) < math.inf):
+            raise ModelError(f"{prefix} learning_rate must be a number > 0, got {rate!r}")
     dropout = kwargs.get("dropout")
     if dropout is not None and not (_is_number(dropout) and 0 <= float(dropout) < 1):
         raise ModelError(f"{prefix} dropout must be a number in [0, 1), got {dropout!r}")
@@ -188,7 +239,8 @@ def validate_params(
     spec = get_spec(model_name)
     if not isinstance(params, Mapping):
         raise ModelError(f"model {model_name!r}: params must be a mapping, got {type(params)}")
-    accepted = _accepted_params(spec.darts_class)
+    _check_installed(spec)
+    accepted = _accepted_params(spec.darts_class, spec.estimator)
     unknown = sorted(str(name) for name in params if name not in accepted)
     if unknown:
         names = ", ".join(repr(name) for name in unknown)
@@ -199,6 +251,8 @@ def validate_params(
             f"(darts {spec.darts_class_name}); valid parameters: {', '.join(sorted(accepted))}"
         )
 
+    if spec.kind == "regression":
+        return _regression_kwargs(spec, params, random_state)
     merged: dict[str, Any] = dict(spec.defaults)
     user_optimizer_kwargs = params.get("optimizer_kwargs") or {}
     if "learning_rate" not in params and "lr" in user_optimizer_kwargs:
@@ -218,6 +272,23 @@ def validate_params(
     return merged
 
 
+def _regression_kwargs(
+    spec: ModelSpec, params: Mapping[str, Any], random_state: int | None
+) -> dict[str, Any]:
+    """A regression model's kwargs: defaults, ``params``, the seed and the fixed kwargs, with
+    ``input_chunk_length`` turned into ``lags`` and ``lags_past_covariates`` (the same
+    lookback of the target and of every covariate, as a torch model reads)."""
+    merged: dict[str, Any] = {**spec.defaults, **params}
+    if random_state is not None:
+        merged["random_state"] = random_state
+    _apply_fixed(merged, spec.fixed_kwargs, spec.name)
+    _check_values(spec, merged)
+    lookback = int(merged.pop("input_chunk_length"))
+    merged["lags"] = lookback
+    merged["lags_past_covariates"] = lookback
+    return merged
+
+
 def create_model(
     model_name: str,
     params: Mapping[str, Any],
@@ -225,7 +296,7 @@ def create_model(
     trainer_kwargs: Mapping[str, Any] | None = None,
     random_state: int | None = None,
     n_epochs: int | None = None,
-) -> TorchForecastingModel:
+) -> TorchForecastingModel | Any:
     """Build an untrained Darts model from the model zoo.
 
     Parameters
@@ -252,6 +323,9 @@ def create_model(
     ModelError
         Everything :func:`validate_params` raises, and a ``ValueError`` raised by the Darts
         constructor (re-raised as ``ModelError`` naming the model).
+
+    A regression model (``kind="regression"``) takes no trainer and no epochs: both
+    arguments are ignored for it.
     """
     spec = get_spec(model_name)
     kwargs = validate_params(
@@ -296,7 +370,9 @@ def list_models(timeframe: str = "1d") -> list[dict[str, Any]]:
         ``fixed_kwargs`` (model-specific only), ``defaults``, ``tunable``
         (``{param: "int 1..4" | "float 1e-05..0.01 log" | "choice [32, 64, 128]"}``;
         empty for a search space that is not a :class:`SearchSpace`) and ``constraints``
-        (e.g. ``["kernel_size < input_chunk_length"]``).
+        (e.g. ``["kernel_size < input_chunk_length"]``), ``deep`` (a torch model trained
+        with Lightning, or a regression model), ``extra`` (the package extra it needs, or
+        None) and ``installed`` (whether that extra's package can be imported here).
 
     Raises
     ------
@@ -313,6 +389,10 @@ def list_models(timeframe: str = "1d") -> list[dict[str, Any]]:
             "defaults": dict(spec.defaults),
             "tunable": _describe_space(spec, timeframe),
             "constraints": [constraint.describe() for constraint in spec.constraints],
+            "deep": spec.deep,
+            "extra": spec.extra,
+            "installed": spec.estimator is None
+            or importlib.util.find_spec(spec.estimator.split(".")[0]) is not None,
         }
         for spec in (MODEL_ZOO[name] for name in model_names())
     ]

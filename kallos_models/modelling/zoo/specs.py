@@ -50,6 +50,17 @@ class ModelSpec:
     constraints : tuple of Constraint, default ()
         Relations checked by :func:`~kallos_models.modelling.zoo.params.validate_params`
         before Darts sees the parameters.
+    kind : str, default "torch"
+        ``"torch"``: a deep Darts ``TorchForecastingModel`` (Lightning, epochs, a checkpoint
+        file). ``"regression"``: a Darts regression model over lags (``LightGBMModel``,
+        ``LinearRegressionModel``) whose ``input_chunk_length`` becomes ``lags`` and
+        ``lags_past_covariates``; no epochs, no trainer, no checkpoint.
+    estimator : str or None, default None
+        For a regression model: the dotted path of the estimator Darts wraps (its
+        ``get_params()`` names are accepted parameters), e.g. ``"lightgbm.LGBMRegressor"``.
+    extra : str or None, default None
+        The package extra the model needs (``pip install "kallos-models[lightgbm]"``), or
+        None when the base install has it.
     """
 
     name: str
@@ -59,6 +70,14 @@ class ModelSpec:
     search_space: Callable[[optuna.Trial, str], dict[str, Any]]
     description: str
     constraints: tuple[Constraint, ...] = field(default=())
+    kind: str = "torch"
+    estimator: str | None = None
+    extra: str | None = None
+
+    @property
+    def deep(self) -> bool:
+        """Whether this is a deep (torch, Lightning-trained) model."""
+        return self.kind == "torch"
 
     @property
     def darts_class_name(self) -> str:
@@ -106,6 +125,10 @@ _RNN_SPACE: dict[str, Tunable] = {
 }
 
 
+#: Defaults shared by the regression models: the lookback and the forecast chunk.
+_REGRESSION_DEFAULTS: dict[str, Any] = {"input_chunk_length": 30, "output_chunk_length": 1}
+
+
 def _spec(
     name: str,
     darts_class: str,
@@ -115,16 +138,28 @@ def _spec(
     defaults: Mapping[str, Any],
     fixed: Mapping[str, Any] | None = None,
     constraints: tuple[Constraint, ...] = (),
+    estimator: str | None = None,
+    extra: str | None = None,
 ) -> ModelSpec:
-    """One model zoo entry: model-specific space and defaults on top of the common ones."""
+    """One model zoo entry: model-specific space and defaults on top of the common ones.
+
+    With ``estimator`` it is a regression model over lags, whose common part is only the
+    lookback (``input_chunk_length``) and the chunk; else a deep (torch) model.
+    """
+    regression = estimator is not None
+    common_defaults = _REGRESSION_DEFAULTS if regression else _COMMON_DEFAULTS
+    common_space = {"input_chunk_length": Tunable.lookback()} if regression else _COMMON_SPACE
     return ModelSpec(
         name=name,
         darts_class=darts_class,
         fixed_kwargs=MappingProxyType(dict(fixed or {})),
-        defaults=MappingProxyType({**_COMMON_DEFAULTS, **defaults}),
-        search_space=SearchSpace(MappingProxyType({**space, **_COMMON_SPACE})),
+        defaults=MappingProxyType({**common_defaults, **defaults}),
+        search_space=SearchSpace(MappingProxyType({**space, **common_space})),
         description=description,
         constraints=constraints,
+        kind="regression" if regression else "torch",
+        estimator=estimator,
+        extra=extra,
     )
 
 
@@ -283,6 +318,39 @@ _SPECS: tuple[ModelSpec, ...] = (
         "NLinear: one linear layer on the window minus its last value.",
         space={},
         defaults={},
+    ),
+    _spec(
+        "linear",
+        "darts.models.LinearRegressionModel",
+        "Linear regression (least squares) on lags of the target and the past covariates.",
+        space={},
+        defaults={},
+        estimator="sklearn.linear_model.LinearRegression",
+    ),
+    _spec(
+        "lightgbm",
+        "darts.models.LightGBMModel",
+        "Gradient-boosted trees (LightGBM) on lags of the target and the past covariates.",
+        space={
+            "n_estimators": Tunable.integer(50, 800, log=True),
+            "learning_rate": Tunable.real(0.01, 0.3, log=True),
+            "num_leaves": Tunable.integer(4, 64, log=True),
+            "min_child_samples": Tunable.integer(5, 100, log=True),
+            "colsample_bytree": Tunable.real(0.3, 1.0),
+            "reg_lambda": Tunable.real(1e-3, 10.0, log=True),
+        },
+        defaults={
+            "n_estimators": 200,
+            "learning_rate": 0.05,
+            "num_leaves": 15,
+            "min_child_samples": 20,
+            "colsample_bytree": 0.8,
+            "reg_lambda": 1.0,
+        },
+        # quiet (LightGBM prints to stdout otherwise) and the same trees for the same seed
+        fixed={"verbose": -1, "deterministic": True, "force_row_wise": True},
+        estimator="lightgbm.LGBMRegressor",
+        extra="lightgbm",
     ),
 )
 

@@ -33,7 +33,7 @@ import pandas as pd
 
 from kallos_models.config import Settings, parse_date
 from kallos_models.errors import ArtifactError, ConfigError, DataError
-from kallos_models.modelling import fitting, series
+from kallos_models.modelling import fitting, series, zoo
 from kallos_models.modelling.forecasting import check_horizon, lookback_bars, rolling_forecasts
 from kallos_models.modelling.hyperparams import read_params_file, training_params
 from kallos_models.stage_settings import EvaluateSettings, evaluate_settings
@@ -148,10 +148,11 @@ def refit_recipe(
             values["n_epochs"] = epochs if epochs is not None else file_epochs
         source = str(params_file)
     used, kwargs = training_params(checked.model_name, values, max_epochs=None, seed=seed)
+    icl, ocl = zoo.chunk_lengths(kwargs)
     return RefitRecipe(
         params=used,
-        input_chunk_length=int(kwargs["input_chunk_length"]),
-        output_chunk_length=int(kwargs["output_chunk_length"]),
+        input_chunk_length=icl,
+        output_chunk_length=ocl,
         seed=seed,
         trainer_kwargs=_trainer_kwargs(manifest, show_progress),
         params_source=source,

@@ -146,7 +146,7 @@ def make_objective(job: Job, gate: TrialGate) -> Callable[[Any], float]:
                         trainer_kwargs=trainer_kwargs,
                     )
                     needed = forecasting.lookback_bars(
-                        int(fit.model.input_chunk_length),
+                        forecasting.model_chunk_lengths(fit.model)[0],
                         1,
                         prepared.preprocessor.target_transform,
                     )
@@ -172,8 +172,9 @@ def make_objective(job: Job, gate: TrialGate) -> Callable[[Any], float]:
                 return float("nan")
             score = _fold_score(scores_now, s.metric)
             scores.append(score)
-            best_epochs.append(int(fit.best_epoch or fit.epochs_run or 1))
-            epochs_run.append(int(fit.epochs_run))
+            if spec.deep:  # a regression model has no epochs to record
+                best_epochs.append(int(fit.best_epoch or fit.epochs_run or 1))
+                epochs_run.append(int(fit.epochs_run))
             fold_seconds.append(time.perf_counter() - started)
             record()
             if not math.isfinite(score):

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from kallos_models.files import atomic_write_bytes, run_stem, write_json
+from kallos_models.modelling import zoo
 from kallos_models.stage_settings import TuneSettings
 from kallos_models.stages.tune.storage import StorageSpec
 from kallos_models.stages.tune.workers import count_states
@@ -30,7 +31,9 @@ def _best_payload(
     params = dict(best.user_attrs.get("params") or best.params)
     params.pop("n_epochs", None)
     n_epochs = best.user_attrs.get("n_epochs")
-    if not isinstance(n_epochs, int) or n_epochs < 1:
+    if not zoo.get_spec(settings.model_name).deep:
+        n_epochs = None  # a regression model is not trained in epochs
+    elif not isinstance(n_epochs, int) or n_epochs < 1:
         n_epochs = max(1, int(n_epochs or 1))
     return {
         "model_name": settings.model_name,
