@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import SHARED_DATA, record
+from _common import ingest_shared, record
 
 TRAIN_END, TEST_START, TEST_END = "2024-06-30", "2024-07-01", "2025-07-04"
 MODELS = ("gru", "lightgbm", "linear")
@@ -38,16 +38,13 @@ def main() -> None:
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
 
     from kallos_models.config import resolve_settings
-    from kallos_models.data import db, ingest
     from kallos_models.stage_settings import evaluate_settings
     from kallos_models.stages import evaluate as evaluation
     from kallos_models.stages import train as trainer
 
     work = Path(tempfile.mkdtemp(prefix="kallos_bench_baselines_"))
     url = f"sqlite:///{work / 'kallos.db'}"
-    ingest.ingest_file(
-        db.create_db_engine(url), "BTC", "1d", SHARED_DATA / "binance_klines/BTCUSDT_1d.csv"
-    )
+    ingest_shared(url, "BTC", "1d", "binance_klines/BTCUSDT_1d.csv")
     results: dict[str, dict[str, float]] = {}
     for model_name in MODELS:
         settings = resolve_settings(

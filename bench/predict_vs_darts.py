@@ -16,7 +16,7 @@ import pickle
 import tempfile
 from pathlib import Path
 
-from _common import KALLOS_RUN, PYTHON, SHARED_DATA, record_ratio, side_by_side, time_command
+from _common import KALLOS_RUN, PYTHON, ingest_shared, record_ratio, side_by_side, time_command
 
 TRAIN_END = "2025-05-31"
 AS_OF = "2025-07-05 02:00"
@@ -38,15 +38,13 @@ def main() -> None:
     import pandas as pd
 
     from kallos_models.config import resolve_settings
-    from kallos_models.data import datasets, db, ingest
+    from kallos_models.data import datasets
     from kallos_models.modelling import bundles, forecasting, series
     from kallos_models.stages import train as trainer
 
     work = Path(tempfile.mkdtemp(prefix="kallos_bench_predict_"))
     url = f"sqlite:///{work / 'kallos.db'}"
-    ingest.ingest_file(
-        db.create_db_engine(url), "BTC", "1d", SHARED_DATA / "binance_klines/BTCUSDT_1d.csv"
-    )
+    ingest_shared(url, "BTC", "1d", "binance_klines/BTCUSDT_1d.csv")
     settings = resolve_settings(
         {
             "db_url": url,

@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import SHARED_DATA, record_ratio, side_by_side
+from _common import ingest_shared, record_ratio, side_by_side
 
 TRAIN_END, TEST_START, TEST_END = "2024-06-30", "2024-07-01", "2025-06-30"
 EVERY = 30
@@ -39,7 +39,7 @@ def main() -> None:
     import pandas as pd
 
     from kallos_models.config import resolve_settings
-    from kallos_models.data import datasets, db, ingest
+    from kallos_models.data import datasets
     from kallos_models.modelling import bundles, fitting, series, zoo
     from kallos_models.stage_settings import evaluate_settings
     from kallos_models.stages import evaluate as evaluation
@@ -47,9 +47,7 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="kallos_bench_retrain_"))
     url = f"sqlite:///{work / 'kallos.db'}"
-    ingest.ingest_file(
-        db.create_db_engine(url), "BTC", "1d", SHARED_DATA / "binance_klines/BTCUSDT_1d.csv"
-    )
+    ingest_shared(url, "BTC", "1d", "binance_klines/BTCUSDT_1d.csv")
     settings = resolve_settings(
         {
             "db_url": url,

@@ -131,6 +131,34 @@ def tiny_params(model_name: str, **overrides: Any) -> dict:
     return {k: v for k, v in params.items() if v is not None}
 
 
+def train_sqlite_bundle(
+    root: Path, csv: Path, params: Mapping[str, Any], *, db_name: str = "kallos.db", **fields: Any
+) -> tuple[Any, Any]:
+    """Ingest ``csv`` as BTC 1d into a SQLite database in ``root`` and train a 1-epoch GRU
+    bundle (seed 0, CPU) into ``root / "models"``; ``fields`` are more Settings
+    (``train_end_date``, ``test_start_date``, ...). Returns ``(settings, TrainResult)``."""
+    from kallos_models.config import Settings
+    from kallos_models.data import db, ingest
+    from kallos_models.stages.train import train_model
+
+    url = f"sqlite:///{(root / db_name).as_posix()}"
+    engine = db.create_db_engine(url)
+    ingest.ingest_file(engine, "BTC", "1d", csv)
+    engine.dispose()
+    settings = Settings(
+        db_url=url,
+        asset_id="BTC",
+        timeframe="1d",
+        model_name="gru",
+        max_epochs=1,
+        accelerator="cpu",
+        output_path=str(root / "models"),
+        seed=0,
+        **fields,
+    )
+    return settings, train_model(settings, dict(params))
+
+
 def cpu_trainer_kwargs() -> dict:
     """Fresh Lightning kwargs for a CPU trainer, as the package builds them."""
     from kallos_models.modelling.fitting import build_trainer_kwargs

@@ -16,7 +16,13 @@ from kallos_models.files import safe_file_stem as safe_asset_name
 from kallos_models.modelling.forecasting import lookback_bars, rolling_forecasts
 from kallos_models.modelling.metrics import compute_metrics, diebold_mariano
 from kallos_models.stages.evaluate import plot_evaluation
-from tests.helpers import cpu_trainer_kwargs, make_ohlcv, tiny_params, write_ohlcv_csv
+from tests.helpers import (
+    cpu_trainer_kwargs,
+    make_ohlcv,
+    tiny_params,
+    train_sqlite_bundle,
+    write_ohlcv_csv,
+)
 
 INPUT_CHUNK = 12
 OUTPUT_CHUNK = 2
@@ -291,30 +297,15 @@ TEST_END = "2021-11-10"
 @pytest.fixture(scope="module")
 def trained_bundle(tmp_path_factory) -> dict[str, Any]:
     """A 1-epoch GRU bundle trained by kallos_models.stages.train on an ingested SQLite database."""
-    from kallos_models.config import Settings
-    from kallos_models.data import db, ingest
-    from kallos_models.stages.train import train_model
-
     root = tmp_path_factory.mktemp("evaluate")
-    csv = write_ohlcv_csv(make_ohlcv(330), root / "btc.csv")
-    url = f"sqlite:///{(root / 'kallos.db').as_posix()}"
-    engine = db.create_db_engine(url)
-    ingest.ingest_file(engine, "BTC", "1d", csv)
-    engine.dispose()
-    settings = Settings(
-        db_url=url,
-        asset_id="BTC",
-        timeframe="1d",
-        model_name="gru",
+    settings, trained = train_sqlite_bundle(
+        root,
+        write_ohlcv_csv(make_ohlcv(330), root / "btc.csv"),
+        TINY_GRU,
         train_end_date=TRAIN_END,
         test_start_date=TEST_START,
         test_end_date=TEST_END,
-        max_epochs=1,
-        accelerator="cpu",
-        output_path=str(root / "models"),
-        seed=0,
     )
-    trained = train_model(settings, dict(TINY_GRU), overwrite=False)
     return {"settings": settings, "paths": trained.paths, "root": root}
 
 

@@ -18,6 +18,7 @@ from tests.helpers import (
     run_cli,
     run_cli_json,
     tiny_params,
+    train_sqlite_bundle,
     write_binance_csv,
     write_ohlcv_csv,
 )
@@ -38,28 +39,11 @@ def _as_of(bar: pd.Timestamp, hours: int = 1) -> str:
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> dict[str, Any]:
     """A 1-epoch GRU (output chunk 2) trained on Binance-format bars up to TRAIN_END."""
-    from kallos_models.config import Settings
-    from kallos_models.data import ingest
-    from kallos_models.stages.train import train_model
-
     root = tmp_path_factory.mktemp("predict")
     csv = write_binance_csv(BARS, root / "btc.csv")
-    url = f"sqlite:///{(root / 'train.db').as_posix()}"
-    engine = db.create_db_engine(url)
-    ingest.ingest_file(engine, "BTC", "1d", csv)
-    engine.dispose()
-    settings = Settings(
-        db_url=url,
-        asset_id="BTC",
-        timeframe="1d",
-        model_name="gru",
-        train_end_date=str(TRAIN_END.date()),
-        max_epochs=1,
-        accelerator="cpu",
-        output_path=str(root / "models"),
-        seed=0,
+    _, trained = train_sqlite_bundle(
+        root, csv, TINY_GRU, db_name="train.db", train_end_date=str(TRAIN_END.date())
     )
-    trained = train_model(settings, dict(TINY_GRU), overwrite=False)
     return {"model": str(trained.paths.model), "csv": csv, "root": root}
 
 

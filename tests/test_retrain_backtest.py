@@ -19,6 +19,7 @@ from tests.helpers import (
     run_cli,
     run_cli_json,
     tiny_params,
+    train_sqlite_bundle,
     write_ohlcv_csv,
 )
 
@@ -33,30 +34,15 @@ RAW = make_ohlcv(330)
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> dict[str, Any]:
     """A 1-epoch GRU bundle (width 8) trained to the day before the window, on SQLite."""
-    from kallos_models.config import Settings
-    from kallos_models.data import db, ingest
-    from kallos_models.stages.train import train_model
-
     root = tmp_path_factory.mktemp("retrain")
-    csv = write_ohlcv_csv(RAW, root / "btc.csv")
-    url = f"sqlite:///{(root / 'kallos.db').as_posix()}"
-    engine = db.create_db_engine(url)
-    ingest.ingest_file(engine, "BTC", "1d", csv)
-    engine.dispose()
-    settings = Settings(
-        db_url=url,
-        asset_id="BTC",
-        timeframe="1d",
-        model_name="gru",
+    settings, trained = train_sqlite_bundle(
+        root,
+        write_ohlcv_csv(RAW, root / "btc.csv"),
+        TINY_GRU,
         train_end_date=TRAIN_END,
         test_start_date=TEST_START,
         test_end_date=TEST_END,
-        max_epochs=1,
-        accelerator="cpu",
-        output_path=str(root / "models"),
-        seed=0,
     )
-    trained = train_model(settings, dict(TINY_GRU))
     return {"settings": settings, "paths": trained.paths, "manifest": trained.manifest}
 
 

@@ -252,20 +252,17 @@ def tune(ctx: click.Context, end_date, **flags) -> None:
       kallos-run tune --model-name gru --asset-id BTC --end-date 2023-12-31 --n-trials 20
     """
     from kallos_models import pipeline
-    from kallos_models.signals import sigterm_as_interrupt
 
+    # Ctrl-C / SIGTERM: the tune marks its running trial FAIL, writes the best params so far
+    # and re-raises; the CLI group prints tune.interrupt_note and exits 130 / 143
     s = settings(ctx, tune_end_date=end_date, **flags)
-    with sigterm_as_interrupt() as stop:  # kill (SIGTERM) cleans up as Ctrl-C does
-        try:
-            result = pipeline.tune(s, show_progress=show_progress(ctx))
-        except KeyboardInterrupt:
-            click.echo(
-                f"{stop.word}: the running trial was marked failed; run the same command to "
-                "resume.",
-                err=True,
-            )
-            ctx.exit(stop.exit_status)  # 130 after Ctrl-C, 143 after SIGTERM
+    result = pipeline.tune(s, show_progress=show_progress(ctx))
     echo_json(result.summary)
+
+
+tune.interrupt_note = (  # type: ignore[attr-defined]
+    "the running trial was marked failed; run the same command to resume."
+)
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)

@@ -29,29 +29,40 @@ CHECK_FAILED_EXIT_STATUS = 3
 class KallosGroup(click.Group):
     """A group that turns library errors into `Error: ...` lines with exit status 1, a
     missing required setting into a usage error (exit status 2), and Ctrl-C or SIGTERM into
-    one line and exit status 130 or 143 (not click's "Aborted!" and 1), in this one place."""
+    one line and exit status 130 or 143 (not click's "Aborted!" and 1), in this one place.
+
+    The signals are handled by the root group only (a subgroup such as `registry` passes
+    them up). A command may say what an interrupt left with an ``interrupt_note`` attribute
+    (`tune`: its running trial marked failed); the default says the command stopped."""
 
     def invoke(self, ctx: click.Context) -> Any:
+        if ctx.parent is not None:
+            return self._invoke_translated(ctx)
         from kallos_models.signals import sigterm_as_interrupt
-        from kallos_models.stage_settings import MissingSettingError
 
         with sigterm_as_interrupt() as stop:  # kill (SIGTERM) cleans up as Ctrl-C does
             try:
-                return super().invoke(ctx)
-            except MissingSettingError as exc:
-                raise click.UsageError(
-                    str(exc), ctx=click.get_current_context(silent=True)
-                ) from None
-            except KallosError as exc:
-                raise click.ClickException(str(exc)) from None
+                return self._invoke_translated(ctx)
             except KeyboardInterrupt:
-                command = ctx.invoked_subcommand or ctx.info_name
-                click.echo(
-                    f"{stop.word}: {command} stopped before it finished; what it writes is "
-                    "written whole or not at all: run the same command again.",
-                    err=True,
+                sub = ctx.invoked_subcommand
+                name = sub or ctx.info_name
+                command = self.get_command(ctx, sub) if sub else None
+                note = getattr(command, "interrupt_note", None) or (
+                    f"{name} stopped before it finished; what it writes is written whole or "
+                    "not at all: run the same command again."
                 )
+                click.echo(f"{stop.word}: {note}", err=True)
                 ctx.exit(stop.exit_status)  # 130 after Ctrl-C, 143 after SIGTERM
+
+    def _invoke_translated(self, ctx: click.Context) -> Any:
+        from kallos_models.stage_settings import MissingSettingError
+
+        try:
+            return super().invoke(ctx)
+        except MissingSettingError as exc:
+            raise click.UsageError(str(exc), ctx=click.get_current_context(silent=True)) from None
+        except KallosError as exc:
+            raise click.ClickException(str(exc)) from None
 
 
 class SharedOption:

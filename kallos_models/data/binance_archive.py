@@ -306,6 +306,7 @@ def ingest_binance_archive(
     """
     if not _SYMBOL_RE.match(symbol):
         raise ConfigError(f"--binance {symbol!r} is not a Binance symbol; write it like BTCUSDT")
+    today = (today or pd.Timestamp.now(tz="UTC").tz_localize(None)).normalize()
     months, days = archive_plan(start, end, today)
     cache = Path(cache_dir) if cache_dir else Path.home() / ".cache" / "kallos-models" / "binance"
     cache = cache / symbol / interval
@@ -318,15 +319,14 @@ def ingest_binance_archive(
     notes: list[str] = []
     counted = {"lines": 0}
     # the last full month falls back to its daily files while its monthly one is not out
-    now = (today or pd.Timestamp.now(tz="UTC").tz_localize(None)).to_period("M")
+    now = today.to_period("M")
     reaches = end is None or end == now.strftime("%Y-%m")
     last_full = (now - 1).strftime("%Y-%m")
     fallback = months[-1] if reaches and months and months[-1] == last_full else None
     plan = [*months, *days]
     first, last = (plan[0], plan[-1]) if plan else (start, start)
     # the daily files Binance may not have published yet: yesterday's and the day before's
-    day = (today or pd.Timestamp.now(tz="UTC").tz_localize(None)).normalize()
-    unpublished = {(day - pd.Timedelta(days=n)).strftime("%Y-%m-%d") for n in (1, 2)}
+    unpublished = {(today - pd.Timedelta(days=n)).strftime("%Y-%m-%d") for n in (1, 2)}
 
     def file_chunks() -> Iterator[Chunk]:
         """Each usable file's rows, fetched when the ingest asks for them (one file at a

@@ -449,23 +449,21 @@ class BundlePaths:
 
     def files(self) -> tuple[Path, ...]:
         """The bundle's paths (three or four), manifest last."""
-        return tuple(
-            path
-            for path in (self.model, self.checkpoint, self.scaler, self.manifest)
-            if path is not None
-        )
+        return (*(path for _, path in self.data_files()), self.manifest)
 
     def data_files(self) -> list[tuple[str, Path]]:
         """``(role, path)`` of the files the manifest checksums, in publishing order."""
-        return [
-            (role, path)
-            for role, path in (
-                ("model", self.model),
-                ("checkpoint", self.checkpoint),
-                ("scaler", self.scaler),
-            )
-            if path is not None
-        ]
+        roles = (("model", self.model), ("checkpoint", self.checkpoint), ("scaler", self.scaler))
+        return [(role, path) for role, path in roles if path is not None]
+
+    def moved_to(self, folder: Path) -> BundlePaths:
+        """The same file names in ``folder`` (a staging folder)."""
+        return BundlePaths(
+            model=folder / self.model.name,
+            checkpoint=None if self.checkpoint is None else folder / self.checkpoint.name,
+            scaler=folder / self.scaler.name,
+            manifest=folder / self.manifest.name,
+        )
 
 
 def bundle_paths(

@@ -244,12 +244,7 @@ def save_bundle(
             )
 
     staging = bundle_files.staging_dir(directory, stem)
-    staged = BundlePaths(
-        model=staging / paths.model.name,
-        checkpoint=None if paths.checkpoint is None else staging / paths.checkpoint.name,
-        scaler=staging / paths.scaler.name,
-        manifest=staging / paths.manifest.name,
-    )
+    staged = paths.moved_to(staging)
     published = False
     try:
         _save_model(model, staged.model)  # a torch model: Darts writes ".ckpt" beside it
@@ -265,8 +260,8 @@ def save_bundle(
         for _, path in staged.data_files():
             bundle_files.fsync_file(path)
         files = {
-            role: {"name": final.name, "sha256": sha256_file(staging / final.name)}
-            for role, final in paths.data_files()
+            role: {"name": path.name, "sha256": sha256_file(path)}
+            for role, path in staged.data_files()
         }
         sealed = bundle_files.seal_manifest(
             {
@@ -285,7 +280,12 @@ def save_bundle(
             os.fsync(handle.fileno())
         bundle_files.fsync_dir(staging)
         bundle_files.publish(
-            [(staging / final.name, final) for _, final in paths.data_files()],
+            [
+                (new, final)
+                for (_, new), (_, final) in zip(
+                    staged.data_files(), paths.data_files(), strict=True
+                )
+            ],
             staging,
             manifest=(staged.manifest, paths.manifest),
         )

@@ -92,12 +92,17 @@ def _accepted_params(darts_class: str, estimator: str | None = None) -> frozense
     return frozenset((names - _INTERNAL_PARAMS) | {"learning_rate"})
 
 
+def _installed(spec: ModelSpec) -> bool:
+    """Whether the package of the model's estimator can be imported (always, for a torch model)."""
+    return (
+        spec.estimator is None or importlib.util.find_spec(spec.estimator.split(".")[0]) is not None
+    )
+
+
 def _check_installed(spec: ModelSpec) -> None:
     """Refuse, naming the extra to install, a model whose estimator package is missing."""
-    if spec.estimator is None:
-        return
-    package = spec.estimator.split(".")[0]
-    if importlib.util.find_spec(package) is None:
+    if spec.estimator is not None and not _installed(spec):
+        package = spec.estimator.split(".")[0]
         extra = spec.extra or package
         raise ModelError(
             f"model {spec.name!r} needs the {package} package: pip install "
@@ -391,8 +396,7 @@ def list_models(timeframe: str = "1d") -> list[dict[str, Any]]:
             "constraints": [constraint.describe() for constraint in spec.constraints],
             "deep": spec.deep,
             "extra": spec.extra,
-            "installed": spec.estimator is None
-            or importlib.util.find_spec(spec.estimator.split(".")[0]) is not None,
+            "installed": _installed(spec),
         }
         for spec in (MODEL_ZOO[name] for name in model_names())
     ]
