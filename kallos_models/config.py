@@ -34,7 +34,16 @@ logger = logging.getLogger(__name__)
 
 TargetTransform = Literal["log_return", "price"]
 Metric = Literal["rmse", "mae", "mape", "smape", "rmse_rel_naive"]
-BacktestMode = Literal["long", "long_short"]
+#: long/long_short trade the forecast's sign; *_interval only when the narrowest interval lies
+#: wholly above (below) the last close; *_confidence size by 2 P(up) - 1 from the quantiles.
+BacktestMode = Literal[
+    "long",
+    "long_short",
+    "long_interval",
+    "long_short_interval",
+    "long_confidence",
+    "long_short_confidence",
+]
 
 #: The seed's feature groups. ``taker_buy_base_asset_volume`` exists only in Binance kline
 #: files; it is listed in ``optional_features`` so plain OHLCV data works with the defaults.

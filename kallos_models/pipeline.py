@@ -26,6 +26,7 @@ from kallos_models.stage_settings import evaluate_settings, train_settings, tune
 if TYPE_CHECKING:
     import optuna
 
+    from kallos_models.modelling.intervals import IntervalSpec
     from kallos_models.stage_settings import PredictSettings
     from kallos_models.stages.evaluate import EvaluationResult
     from kallos_models.stages.predict import PredictResult
@@ -80,6 +81,7 @@ def train(
     *,
     overwrite: bool = False,
     show_progress: bool = False,
+    intervals: IntervalSpec | None = None,
 ) -> TrainResult:
     """:func:`kallos_models.stages.train.train_model`, then register the bundle when tracking.
 
@@ -93,6 +95,8 @@ def train(
         Replace an existing bundle.
     show_progress : bool, default False
         Lightning's progress bar and model summary.
+    intervals : IntervalSpec or None, default None
+        Quantile regression and/or conformal prediction (see the stage); None: a point model.
 
     Returns
     -------
@@ -109,7 +113,9 @@ def train(
 
     stage = train_settings(settings)  # required values checked before anything else
     tracking.require_mlflow(settings)  # before any training: a missing extra fails now
-    result = train_model(stage, params, overwrite=overwrite, show_progress=show_progress)
+    result = train_model(
+        stage, params, overwrite=overwrite, show_progress=show_progress, intervals=intervals
+    )
     tracked = tracking.log_training(settings, result)
     return dataclasses.replace(result, tracking=tracked) if tracked else result
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import click
 
@@ -34,6 +34,7 @@ from kallos_models.cli.options import (
     timeframe_option,
     tracking_option,
 )
+from kallos_models.config import BacktestMode
 
 logger = logging.getLogger("kallos_models")
 
@@ -93,25 +94,61 @@ def _model_lines(rows: list[dict[str, Any]]) -> list[str]:
 )
 @click.option("--devices", default=None, help="Lightning devices, e.g. 1 or auto [default: auto].")
 @click.option("--precision", default=None, help="Lightning precision, e.g. 32-true or bf16-mixed.")
+@click.option(
+    "--quantiles",
+    default=None,
+    metavar="Q,Q,...",
+    help="Train the model to forecast these quantiles (quantile regression), e.g. "
+    "0.05,0.1,0.5,0.9,0.95: with 0.5, in pairs q and 1-q [default: a point model].",
+)
+@click.option(
+    "--conformal",
+    is_flag=True,
+    help="Wrap the model in Darts' conformal prediction (80% and 90% intervals, or those of "
+    "--quantiles), calibrated on the last --calibration-bars bars, held out of the fit.",
+)
+@click.option(
+    "--calibration-bars",
+    type=int,
+    default=None,
+    metavar="BARS",
+    help="Conformal calibration window, in bars [default: 200].",
+)
 @tracking_option
 @click.pass_context
-def train(ctx: click.Context, end_date, params_file, overwrite, **flags) -> None:
+def train(
+    ctx: click.Context,
+    end_date,
+    params_file,
+    overwrite,
+    quantiles,
+    conformal,
+    calibration_bars,
+    **flags,
+) -> None:
     """Train the final model on all data up to the end date and write its bundle.
 
     Writes {model}_{asset}.pt (+ .ckpt), _scaler.pkl and _manifest.json, with _{timeframe}
     after the asset unless it is 1d (gru_BTC_4h.pt); prints their paths as JSON. With a
     tracking URI the run is logged to MLflow and the bundle registered as a new version of
-    {model}_{asset}_{timeframe}.
+    {model}_{asset}_{timeframe}. With --quantiles or --conformal, evaluate and predict report
+    intervals.
 
     \b
     Example:
       kallos-run train --model-name gru --asset-id BTC --end-date 2024-06-30 \\
           --params-file gru_BTC_best_params.json
+      kallos-run train --model-name lightgbm --asset-id BTC --end-date 2024-06-30 \\
+          --params-file lightgbm_BTC_best_params.json --conformal --calibration-bars 250
     """
     from kallos_models import pipeline
+    from kallos_models.modelling.intervals import IntervalSpec
 
     s = settings(ctx, train_end_date=end_date, **flags)
-    result = pipeline.train(s, params_file, overwrite=overwrite, show_progress=show_progress(ctx))
+    spec = IntervalSpec.from_flags(quantiles, conformal, calibration_bars)
+    result = pipeline.train(
+        s, params_file, overwrite=overwrite, show_progress=show_progress(ctx), intervals=spec
+    )
     echo_json(result.as_dict())
 
 
@@ -146,9 +183,11 @@ def train(ctx: click.Context, end_date, params_file, overwrite, **flags) -> None
 )
 @click.option(
     "--backtest-mode",
-    type=click.Choice(["long", "long_short"]),
+    type=click.Choice(list(get_args(BacktestMode))),
     default=None,
-    help="Backtest rule: long or flat, or long/short [default: long].",
+    help="Backtest rule: long or flat, or long/short, on the forecast's sign; *_interval "
+    "trades only when the narrowest interval excludes the last close; *_confidence sizes by "
+    "2 P(up) - 1 [default: long].",
 )
 @click.option(
     "--backtest-threshold",

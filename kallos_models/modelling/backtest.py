@@ -23,6 +23,7 @@ last actual close, one entry fee. See ``documentation/evaluation.md`` (Backtest)
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
 
@@ -90,7 +91,7 @@ class BacktestConfig:
         if self.mode not in _MODES:
             raise ConfigError(
                 f"backtest mode {self.mode!r} is not one of {', '.join(_MODES)}; "
-                "use --backtest-mode long or --backtest-mode long_short"
+                "e.g. --backtest-mode long or --backtest-mode long_short"
             )
         if self.execution != "close":
             raise ConfigError(
@@ -132,12 +133,26 @@ def bars_per_year(timeframe: str) -> float:
     return pd.Timedelta(days=365) / timeframe_to_timedelta(timeframe)
 
 
+def _quantile_columns(forecasts: pd.DataFrame) -> dict[float, np.ndarray]:
+    """The price quantile columns (``q0.05``, ...) of a forecast frame, by quantile."""
+    found = {}
+    for column in forecasts.columns:
+        name = str(column)
+        if name.startswith("q"):
+            try:
+                found[float(name[1:])] = forecasts[column].to_numpy(dtype="float64")
+            except ValueError:
+                continue
+    return dict(sorted(found.items()))
+
+
 def signal_positions(
     forecast: np.ndarray,
     origin_close: np.ndarray,
     *,
     mode: BacktestMode = "long",
     threshold: float = 0.0,
+    quantiles: Mapping[float, np.ndarray] | None = None,
 ) -> np.ndarray:
     """The position held over each bar, from that bar's forecast and origin close only.
 
@@ -148,22 +163,59 @@ def signal_positions(
     origin_close
         Close of the bar before each bar: the last price known when the forecast was made.
     mode
-        ``"long"`` or ``"long_short"``; default ``"long"``.
+        ``"long"``/``"long_short"``: the forecast's sign. ``"long_interval"``/
+        ``"long_short_interval"``: long only when the narrowest interval's lower bound is
+        above the origin close, short only when its upper bound is below it (flat when the
+        interval straddles it). ``"long_confidence"``/``"long_short_confidence"``: a
+        fractional position ``2 P(up) - 1`` (clipped at 0 for long), ``P(up) = 1 - F(origin
+        close)`` with ``F`` interpolated linearly between the forecast's price quantiles
+        (beyond the outer ones, their levels: with 0.05 and 0.95 the size is at most 0.9).
+        Default ``"long"``.
     threshold
-        Minimum ``|log(forecast / origin_close)|`` to be in the market; default 0.0.
+        Minimum ``|log(forecast / origin_close)|`` to be in the market (for the interval
+        modes, of the bound's log return); default 0.0.
+    quantiles
+        Price quantiles per bar, made with the forecast (``{0.05: array, ...}``); needed by
+        the interval and confidence modes.
 
     Returns
     -------
     numpy.ndarray
-        ``+1.0``, ``0.0`` or ``-1.0`` per bar.
+        Per bar: ``+1.0``, ``0.0`` or ``-1.0``; a fraction in ``[-1, 1]`` in the confidence
+        modes.
+
+    Raises
+    ------
+    ConfigError
+        An interval or confidence mode without quantiles.
     """
-    predicted = np.log(np.asarray(forecast, dtype="float64")) - np.log(
-        np.asarray(origin_close, dtype="float64")
-    )
-    positions = np.where(predicted > threshold, 1.0, 0.0)
-    if mode == "long_short":
-        positions = np.where(predicted < -threshold, -1.0, positions)
-    return positions
+    origin = np.asarray(origin_close, dtype="float64")
+    predicted = np.log(np.asarray(forecast, dtype="float64")) - np.log(origin)
+    short = mode.startswith("long_short")
+    if mode in ("long", "long_short"):
+        positions = np.where(predicted > threshold, 1.0, 0.0)
+        if short:
+            positions = np.where(predicted < -threshold, -1.0, positions)
+        return positions
+    levels = sorted(quantiles or {})
+    if len(levels) < 3:
+        raise ConfigError(
+            f"backtest mode {mode!r} sizes trades by the forecast's intervals, but these "
+            "forecasts have none: evaluate a bundle trained with --quantiles or --conformal, "
+            "or use --backtest-mode long / long_short"
+        )
+    table = np.column_stack([quantiles[q] for q in levels])  # type: ignore[index]
+    if mode.endswith("_interval"):
+        below = [q for q in levels if q < 0.5]
+        lower, upper = quantiles[max(below)], quantiles[1.0 - max(below)]  # type: ignore[index]
+        positions = np.where(np.log(lower / origin) > threshold, 1.0, 0.0)
+        if short:
+            positions = np.where(np.log(upper / origin) < -threshold, -1.0, positions)
+        return positions
+    cdf = np.array([np.interp(o, row, levels) for o, row in zip(origin, table, strict=True)])
+    positions = 2.0 * (1.0 - cdf) - 1.0
+    positions = np.where(np.abs(predicted) > threshold, positions, 0.0)
+    return positions if short else np.clip(positions, 0.0, None)
 
 
 def _check_forecasts(forecasts: pd.DataFrame, timeframe: str, horizon: int) -> None:
@@ -235,6 +287,7 @@ def _simulate(
         origin,
         mode=config.mode,
         threshold=float(config.threshold),
+        quantiles=_quantile_columns(forecasts),
     )
     fee_rate = float(config.fee_bps) / 1e4
     bar_return = actual / origin - 1.0

@@ -50,7 +50,7 @@ from kallos_models.files import (
     safe_file_stem,
     sha256_file,
 )
-from kallos_models.modelling import bundle_files
+from kallos_models.modelling import bundle_files, intervals
 from kallos_models.modelling.bundle_files import BUNDLE_FORMAT, BundlePaths, bundle_paths
 from kallos_models.modelling.fitting import cuda_available
 from kallos_models.modelling.preprocessing import FeaturePreprocessor
@@ -302,12 +302,25 @@ def save_bundle(
 
 @dataclass(frozen=True)
 class LoadedBundle:
-    """A bundle read back by :func:`load_bundle`."""
+    """A bundle read back by :func:`load_bundle`.
+
+    ``model`` is the model as forecasting uses it: a conformal bundle's base model comes in
+    its Darts conformal wrapper (:func:`kallos_models.modelling.intervals.wrap_model`).
+    """
 
     model: Any
     preprocessor: FeaturePreprocessor
     manifest: dict[str, Any]
     paths: BundlePaths
+
+    @property
+    def quantiles(self) -> tuple[float, ...] | None:
+        """The quantiles the model forecasts, or None for a point model."""
+        return intervals.record_quantiles(self.manifest.get("intervals"))
+
+    def history(self, horizon: int) -> int:
+        """Bars a forecast needs beyond the base model's lookback (conformal calibration)."""
+        return intervals.calibration_history(self.manifest.get("intervals"), horizon)
 
 
 def _manifest_beside(model_path: Path) -> Path:
@@ -370,7 +383,8 @@ def load_bundle(
     -------
     LoadedBundle
         The model is loaded with ``map_location="cpu"`` when CUDA is not available, and its
-        trainer set to the CPU (a bundle trained on a GPU predicts on a CPU-only machine).
+        trainer set to the CPU (a bundle trained on a GPU predicts on a CPU-only machine). A
+        conformal bundle's model is wrapped as its manifest's ``intervals`` record says.
 
     Raises
     ------
@@ -441,6 +455,7 @@ def load_bundle(
         model = TorchForecastingModel.load(str(model_file), **load_kwargs)
     bundle_files.check_manifest_agrees(manifest, preprocessor, model, manifest_file)
     _fit_trainer_to_machine(model, cuda)
+    model = intervals.wrap_model(model, manifest.get("intervals"))
     logger.info("loaded bundle %s", manifest_file)
     return LoadedBundle(
         model=model,

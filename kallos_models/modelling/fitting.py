@@ -297,7 +297,11 @@ def _check_train_length(model_name: str, prepared: PreparedSeries, icl: int, ocl
 
 
 def _fit_regression(
-    model_name: str, params: Mapping[str, Any], prepared: PreparedSeries, seed: int
+    model_name: str,
+    params: Mapping[str, Any],
+    prepared: PreparedSeries,
+    seed: int,
+    quantiles: Sequence[float] | None = None,
 ) -> FitResult:
     """Fit a regression model (``linear``, ``lightgbm``) on the training rows only: no
     trainer, no epochs; the validation rows, when given, are not used."""
@@ -305,11 +309,13 @@ def _fit_regression(
 
     import numpy as np
 
-    kwargs = architectures.validate_params(model_name, params, random_state=seed)
+    kwargs = architectures.validate_params(
+        model_name, params, random_state=seed, quantiles=quantiles
+    )
     _check_train_length(model_name, prepared, *architectures.chunk_lengths(kwargs))
     random.seed(seed)
     np.random.seed(seed % 2**32)
-    model = architectures.create_model(model_name, params, random_state=seed)
+    model = architectures.create_model(model_name, params, random_state=seed, quantiles=quantiles)
     logger.info("fitting %s on a %d-point target series", model_name, len(prepared.train_target))
     started = time.perf_counter()
     with surface_interrupts():
@@ -329,6 +335,7 @@ def fit_forecaster(
     trainer_kwargs: Mapping[str, Any] | None = None,
     early_stopping_patience: int = 5,
     extra_callbacks: Sequence[Any] = (),
+    quantiles: Sequence[float] | None = None,
 ) -> FitResult:
     """Build ``model_name`` with ``params`` and fit it on ``prepared``.
 
@@ -368,6 +375,9 @@ def fit_forecaster(
         Epochs without a ``val_loss`` improvement before stopping; used only with validation.
     extra_callbacks : sequence of Lightning callbacks, default ()
         Added to the trainer after the internal ones (e.g. an Optuna pruning callback).
+    quantiles : sequence of float or None, default None
+        Train the model to output these quantiles (Darts' quantile likelihood, see
+        :func:`kallos_models.modelling.zoo.validate_params`); None: a point model.
 
     Returns
     -------
@@ -387,11 +397,16 @@ def fit_forecaster(
         :func:`surface_interrupts`).
     """
     if not architectures.get_spec(model_name).deep:
-        return _fit_regression(model_name, params, prepared, seed)
+        return _fit_regression(model_name, params, prepared, seed, quantiles)
     n_epochs = resolve_n_epochs(params, max_epochs, model_name)
     base_kwargs = dict(build_trainer_kwargs() if trainer_kwargs is None else trainer_kwargs)
     kwargs = architectures.validate_params(
-        model_name, params, trainer_kwargs=base_kwargs, random_state=seed, n_epochs=n_epochs
+        model_name,
+        params,
+        trainer_kwargs=base_kwargs,
+        random_state=seed,
+        n_epochs=n_epochs,
+        quantiles=quantiles,
     )
     input_chunk_length, output_chunk_length = architectures.chunk_lengths(kwargs)
     n_train = _check_train_length(model_name, prepared, input_chunk_length, output_chunk_length)
@@ -436,7 +451,12 @@ def fit_forecaster(
 
     _seed_everything(seed)
     model = architectures.create_model(
-        model_name, params, trainer_kwargs=trainer_params, random_state=seed, n_epochs=n_epochs
+        model_name,
+        params,
+        trainer_kwargs=trainer_params,
+        random_state=seed,
+        n_epochs=n_epochs,
+        quantiles=quantiles,
     )
     logger.info(
         "fitting %s on a %d-point target series for up to %d epochs%s",

@@ -9,6 +9,7 @@ thing. Darts and torch are imported inside the functions that need them.
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -16,6 +17,7 @@ import pandas as pd
 
 from kallos_models.config import parse_date
 from kallos_models.errors import ConfigError, DataError, ModelError
+from kallos_models.modelling.intervals import price_quantiles_supported, quantile_column
 from kallos_models.modelling.preprocessing import FeaturePreprocessor
 
 logger = logging.getLogger(__name__)
@@ -27,8 +29,13 @@ def model_chunk_lengths(model: Any) -> tuple[int, int]:
     """``(input_chunk_length, output_chunk_length)`` of a Darts model from the zoo (ModelError).
 
     A torch model has both attributes; for a regression model over lags the lookback is its
-    oldest lag of the target or of the past covariates (``extreme_lags``).
+    oldest lag of the target or of the past covariates (``extreme_lags``); a Darts conformal
+    wrapper has those of the model it wraps.
     """
+    from darts.models.forecasting.conformal_models import ConformalModel
+
+    if isinstance(model, ConformalModel):
+        model = model.model
     try:
         ocl = int(model.output_chunk_length)
         if hasattr(model, "input_chunk_length"):
@@ -90,6 +97,38 @@ def _to_timestamp(value: Any, name: str) -> pd.Timestamp:
     return ts
 
 
+def _price_paths(
+    preprocessor: FeaturePreprocessor,
+    forecast: Any,
+    anchor: float,
+    quantiles: Sequence[float] | None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """A Darts forecast (one path, or one column per quantile) as prices from ``anchor``.
+
+    Returns the point path (the median of a quantile forecast) and, for a quantile forecast,
+    a ``(steps, len(quantiles))`` array of price quantiles, sorted along each row (quantile
+    regression can cross) and NaN at the steps where a quantile of the scaled target is not
+    a quantile of the price (:func:`~kallos_models.modelling.intervals.price_quantiles_supported`).
+    """
+    values = np.asarray(forecast.values(copy=False), dtype="float64")
+    if not quantiles:
+        return preprocessor.to_prices(values[:, 0], anchor), None
+    if values.shape[1] != len(quantiles):
+        raise ModelError(
+            f"the model forecast {values.shape[1]} component(s), not the {len(quantiles)} "
+            "quantiles its bundle records; retrain it"
+        )
+    median = list(quantiles).index(0.5)
+    values = np.sort(values, axis=1)
+    priced = np.column_stack(
+        [preprocessor.to_prices(values[:, i], anchor) for i in range(len(quantiles))]
+    )
+    for step in range(1, len(values) + 1):
+        if not price_quantiles_supported(preprocessor.target_transform, step):
+            priced[step - 1, :] = np.nan
+    return preprocessor.to_prices(values[:, median], anchor), priced
+
+
 def rolling_forecasts(
     model: Any,
     preprocessor: FeaturePreprocessor,
@@ -97,6 +136,8 @@ def rolling_forecasts(
     *,
     start: pd.Timestamp,
     horizon: int = 1,
+    quantiles: Sequence[float] | None = None,
+    history: int = 0,
 ) -> pd.DataFrame:
     """One ``horizon``-step forecast per bar from ``start`` to the end of ``frame``, in prices.
 
@@ -122,12 +163,21 @@ def rolling_forecasts(
     horizon
         Forecast step scored, in bars; default 1. At most the model's
         ``output_chunk_length``.
+    quantiles
+        The quantiles a probabilistic model (quantile regression or a Darts conformal
+        wrapper) forecasts; default None for a point model. The median is the ``forecast``.
+    history
+        Bars needed before ``start`` beyond the model's lookback (a conformal model's
+        calibration, :func:`~kallos_models.modelling.intervals.calibration_history`);
+        default 0.
 
     Returns
     -------
     pandas.DataFrame
         Indexed by the forecast timestamps (every bar of ``frame`` from ``start`` on), float64
-        columns ``actual``, ``forecast``, ``naive`` and ``origin_close``.
+        columns ``actual``, ``forecast``, ``naive`` and ``origin_close``; with ``quantiles``
+        also one price column per quantile (``q0.05``, ...; NaN beyond the first step of a
+        log-return target).
 
     Raises
     ------
@@ -152,13 +202,13 @@ def rolling_forecasts(
             f"no bar at or after start {start_ts} to forecast: the frame ends at "
             f"{frame.index[-1]}; load rows up to the end of the evaluation window"
         )
-    needed = lookback_bars(icl, horizon, preprocessor.target_transform)
+    needed = lookback_bars(icl, horizon, preprocessor.target_transform) + int(history)
     if pos < needed:
         extra = (
             " + 1 for the log-return target"
             if preprocessor.target_transform == "log_return"
             else ""
-        )
+        ) + (f" + {history} for the conformal calibration" if history else "")
         raise DataError(
             f"forecasting from {frame.index[pos]} at horizon {horizon} needs {needed} bars of "
             f"lookback before it (input_chunk_length {icl} + horizon {horizon} - 1{extra}), "
@@ -178,6 +228,7 @@ def rolling_forecasts(
         retrain=False,
         last_points_only=False,
         verbose=False,
+        predict_likelihood_parameters=bool(quantiles),
     )
     expected = len(frame) - pos
     if len(forecasts) != expected or (forecasts and forecasts[0].start_time() != first_step):
@@ -191,18 +242,23 @@ def rolling_forecasts(
     index = frame.index
     times: list[pd.Timestamp] = []
     rows: list[tuple[float, float, float, float]] = []
+    bands: list[np.ndarray] = []
     for fc in forecasts:
         first = index.get_loc(fc.start_time())
         origin = int(first) - 1
         anchor = float(close[origin])
-        path = np.asarray(fc.values(copy=False), dtype="float64")[:, 0]
-        prices = preprocessor.to_prices(path, anchor)
+        prices, priced = _price_paths(preprocessor, fc, anchor, quantiles)
         when = origin + horizon
         times.append(index[when])
         rows.append((float(close[when]), float(prices[horizon - 1]), anchor, anchor))
+        if priced is not None:
+            bands.append(priced[horizon - 1])
     results = pd.DataFrame(
         rows, index=pd.DatetimeIndex(times, name=index.name or "open_time"), columns=RESULT_COLUMNS
     )
+    if quantiles:
+        for i, q in enumerate(quantiles):
+            results[quantile_column(q)] = [band[i] for band in bands]
     if not np.isfinite(results["forecast"].to_numpy()).all():
         bad = results.index[~np.isfinite(results["forecast"].to_numpy())]
         raise ModelError(
@@ -213,7 +269,13 @@ def rolling_forecasts(
 
 
 def forecast_after(
-    model: Any, preprocessor: FeaturePreprocessor, frame: pd.DataFrame, *, horizon: int = 1
+    model: Any,
+    preprocessor: FeaturePreprocessor,
+    frame: pd.DataFrame,
+    *,
+    horizon: int = 1,
+    quantiles: Sequence[float] | None = None,
+    history: int = 0,
 ) -> pd.DataFrame:
     """The ``horizon`` bars after the last bar of ``frame``, forecast from it, in prices.
 
@@ -233,12 +295,15 @@ def forecast_after(
         :func:`lookback_bars` ``(icl, 1, transform)`` of them.
     horizon
         Bars ahead, ``1 .. output_chunk_length``; default 1.
+    quantiles, history
+        As :func:`rolling_forecasts`.
 
     Returns
     -------
     pandas.DataFrame
         Indexed by the forecast bars' open times (``step`` 1..horizon), float64 columns
-        ``forecast`` and ``naive`` (the last close) and int ``step``.
+        ``forecast`` and ``naive`` (the last close) and int ``step``; with ``quantiles`` one
+        price column per quantile (NaN beyond the first step of a log-return target).
 
     Raises
     ------
@@ -252,29 +317,38 @@ def forecast_after(
     horizon = check_horizon(horizon, ocl)
     offset = bar_offset(frame, "frame")
     check_grid(frame, offset, "frame")
-    needed = lookback_bars(icl, 1, preprocessor.target_transform)
+    needed = lookback_bars(icl, 1, preprocessor.target_transform) + int(history)
     if len(frame) < needed:
         raise DataError(
             f"forecasting from {frame.index[-1]} needs {needed} bars ending there "
-            f"(input_chunk_length {icl}), but the frame has {len(frame)}; load more history"
+            f"(input_chunk_length {icl}"
+            + (f", conformal calibration {history}" if history else "")
+            + f"), but the frame has {len(frame)}; load more history"
         )
     frame = frame.iloc[-needed:]
     covariates = to_series(preprocessor.transform_covariates(frame), offset)
     target = to_series(preprocessor.transform_target(frame), offset)
     with surface_interrupts():
         predicted = model.predict(
-            n=horizon, series=target, past_covariates=covariates, verbose=False
+            n=horizon,
+            series=target,
+            past_covariates=covariates,
+            verbose=False,
+            predict_likelihood_parameters=bool(quantiles),
         )
     anchor = float(frame[preprocessor.target_col].iloc[-1])
-    path = np.asarray(predicted.values(copy=False), dtype="float64")[:, 0]
-    prices = preprocessor.to_prices(path, anchor)
+    prices, priced = _price_paths(preprocessor, predicted, anchor, quantiles)
     times = pd.date_range(frame.index[-1] + offset, periods=horizon, freq=offset)
     if len(prices) != horizon or not np.isfinite(prices).all():
         raise ModelError(
             f"the model produced {len(prices)} forecast(s), not {horizon} finite ones, from "
             f"{frame.index[-1]}; the model has diverged: retrain it (lower learning_rate)"
         )
-    return pd.DataFrame(
+    out = pd.DataFrame(
         {"step": np.arange(1, horizon + 1), "forecast": prices, "naive": anchor},
         index=pd.DatetimeIndex(times, name=frame.index.name or "open_time"),
     )
+    if priced is not None:
+        for i, q in enumerate(quantiles or ()):
+            out[quantile_column(q)] = priced[:, i]
+    return out

@@ -114,6 +114,10 @@ def _check_out_of_sample(
     """Refuse an origin before the bundle's last training bar: its forecasts would be of bars
     the model was fit on (an ``--as-of`` in the past, backfilling), and scoring them would
     flatter the model."""
+    from kallos_models.modelling.intervals import check_after_calibration
+
+    # the first forecast bar must lie after the calibration window
+    check_after_calibration(manifest.get("intervals"), origin + bar, "--as-of")
     recorded = manifest.get("train_end")
     if recorded is None:
         return
@@ -155,6 +159,32 @@ def _check_columns(frame: pd.DataFrame, columns: list[str], asset: str) -> None:
             "the bundle was trained with them: ingest candles that carry them (the Binance "
             "kline format) or retrain without them"
         )
+
+
+def _step_intervals(row: pd.Series, quantiles: tuple[float, ...] | None) -> dict[str, Any]:
+    """A step's price quantiles and intervals (None where the step has none: beyond the
+    first step of a log-return target); nothing for a point model."""
+    from kallos_models.modelling.intervals import interval_levels, quantile_column
+
+    if not quantiles:
+        return {}
+    values = {q: float(row[quantile_column(q)]) for q in quantiles}
+    if not all(np.isfinite(v) for v in values.values()):
+        return {"quantiles": None, "intervals": None}
+    return {
+        "quantiles": {f"{q:g}": json_float(v) for q, v in values.items()},
+        "intervals": [
+            {"level": level, "lower": json_float(values[lo]), "upper": json_float(values[hi])}
+            for level, lo, hi in interval_levels(quantiles)
+        ],
+    }
+
+
+def _interval_summary(record: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not record:
+        return None
+    keys = ("method", "conformal_model", "quantiles", "levels", "calibration_bars")
+    return {key: record.get(key) for key in keys if record.get(key) is not None}
 
 
 def predict(
@@ -237,7 +267,8 @@ def predict(
     try:
         origin = _origin(engine, asset, timeframe, as_of, max_age)
         _check_out_of_sample(origin, manifest, bar, as_of)
-        needed = lookback_bars(icl, 1, preprocessor.target_transform)
+        history = bundle.history(steps)
+        needed = lookback_bars(icl, 1, preprocessor.target_transform) + history
         expected = pd.date_range(end=origin, periods=needed, freq=bar, name="open_time")
         columns = list(dict.fromkeys([preprocessor.target_col, *preprocessor.feature_columns]))
         frame = datasets.load_features_from_db(
@@ -254,7 +285,14 @@ def predict(
         _check_window(frame, expected, asset, timeframe, s.fill_gaps)
         frame = frame.loc[expected]
         _check_columns(frame, columns, asset)
-        path = forecast_after(model, preprocessor, frame, horizon=steps)
+        path = forecast_after(
+            model,
+            preprocessor,
+            frame,
+            horizon=steps,
+            quantiles=bundle.quantiles,
+            history=history,
+        )
         model_id = bundle_identity(manifest)
         name = str(manifest.get("model_name") or "")
         reg = dict(registered or {})
@@ -304,9 +342,11 @@ def predict(
                 "return": json_float(value / origin_close - 1.0),
                 "log_return": json_float(float(np.log(value / origin_close))),
                 "naive": json_float(origin_close),
+                **_step_intervals(path.loc[when], bundle.quantiles),
             }
             for when, step, value in zip(path.index, path["step"], path["forecast"], strict=True)
         ],
+        "intervals": _interval_summary(manifest.get("intervals")),
         "stored": None if stored is None else stored.as_dict(),
     }
     logger.info("%s %s %s: forecast from %s for %s", name, asset, timeframe, origin, path.index[-1])

@@ -24,6 +24,7 @@ from kallos_models.errors import DataError
 from kallos_models.modelling import bundles, fitting, series, zoo
 from kallos_models.modelling.bundles import BundlePaths
 from kallos_models.modelling.hyperparams import read_params_file, training_params
+from kallos_models.modelling.intervals import IntervalSpec
 from kallos_models.stage_settings import DEFAULT_OUTPUT_DIRS, TrainSettings, train_settings
 
 logger = logging.getLogger(__name__)
@@ -53,7 +54,8 @@ class TrainResult:
         -------
         dict
             ``model_name``, ``asset_id``, ``timeframe``, ``train_start``, ``train_end``,
-            ``train_rows``, ``n_epochs``, ``accelerator``, ``training_seconds`` and ``paths``
+            ``train_rows``, ``n_epochs``, ``accelerator``, ``training_seconds``, ``intervals``
+            (the manifest's interval record, None for a point model) and ``paths``
             (``model``, ``checkpoint``, ``scaler``, ``manifest``); plus ``tracking`` when the
             bundle was registered.
         """
@@ -69,6 +71,7 @@ class TrainResult:
             "n_epochs": (m.get("params") or {}).get("n_epochs"),
             "accelerator": m.get("accelerator"),
             "training_seconds": m.get("training_seconds"),
+            "intervals": m.get("intervals"),
             "paths": self.paths.as_dict(),
             **tracked,
         }
@@ -94,6 +97,7 @@ def train_model(
     *,
     overwrite: bool = False,
     show_progress: bool = False,
+    intervals: IntervalSpec | None = None,
 ) -> TrainResult:
     """Train the model on all rows of the asset up to the end date and save its bundle.
 
@@ -116,6 +120,12 @@ def train_model(
         not a bundle: they are replaced without ``overwrite``.
     show_progress : bool, default False
         Show Lightning's progress bar and model summary (on stderr).
+    intervals : IntervalSpec or None, default None
+        Prediction intervals (:mod:`kallos_models.modelling.intervals`): with
+        ``quantile_regression`` the model learns the quantiles; with ``conformal`` the last
+        ``calibration_bars`` rows are held out of the fit (preprocessing and model) as the
+        calibration window, and the manifest's ``intervals`` records how to wrap the model.
+        None: a point model.
 
     Returns
     -------
@@ -159,16 +169,22 @@ def train_model(
         max_gap_bars=s.max_gap_bars,
         indicators=indicators,
     )
-    needed = input_chunk_length + output_chunk_length + 1
+    spec_iv = intervals if intervals is not None and intervals.active else None
+    held_out = spec_iv.calibration_bars if spec_iv is not None and spec_iv.conformal else 0
+    needed = input_chunk_length + output_chunk_length + 1 + held_out
     if len(frame) < needed:
         raise DataError(
             f"asset {s.asset_id!r} ({s.timeframe}) has {len(frame)} usable rows up "
             f"to {s.end}, but training {model_name!r} needs at least {needed} "
             f"(input_chunk_length {input_chunk_length} + output_chunk_length "
-            f"{output_chunk_length} + 1); use an earlier --start-date, a later --end-date, or a "
-            "smaller input_chunk_length"
+            f"{output_chunk_length} + 1"
+            + (f" + {held_out} calibration bars" if held_out else "")
+            + "); use an earlier --start-date, a later --end-date, or a smaller "
+            "input_chunk_length" + (" or --calibration-bars" if held_out else "")
         )
-    prepared = series.prepare_from_settings(s.features, frame)
+    # a conformal model's calibration window is held out of every fit, preprocessing included
+    fit_frame = frame.iloc[: len(frame) - held_out] if held_out else frame
+    prepared = series.prepare_from_settings(s.features, fit_frame)
     trainer_kwargs = fitting.build_trainer_kwargs(
         accelerator=s.trainer.accelerator,
         devices=s.trainer.devices,
@@ -181,6 +197,9 @@ def train_model(
         prepared,
         seed=s.trainer.seed,
         trainer_kwargs=trainer_kwargs,
+        quantiles=(
+            spec_iv.quantiles if spec_iv is not None and spec_iv.quantile_regression else None
+        ),
     )
     preprocessor = prepared.preprocessor
     # a regression model is fit by its estimator on the CPU, without a Lightning trainer
@@ -209,10 +228,10 @@ def train_model(
         "target_transform": preprocessor.target_transform,
         "group_scalers": dict(preprocessor.group_scalers),
         "preprocessing": preprocessor.describe(),
-        "train_start": frame.index[0].isoformat(),
-        "train_end": frame.index[-1].isoformat(),
-        "train_rows": len(frame),
-        "filled_rows": int(frame["filled"].sum()) if "filled" in frame.columns else 0,
+        "train_start": fit_frame.index[0].isoformat(),
+        "train_end": fit_frame.index[-1].isoformat(),
+        "train_rows": len(fit_frame),
+        "filled_rows": int(fit_frame["filled"].sum()) if "filled" in fit_frame.columns else 0,
         "start_date": None if s.start is None else s.start.isoformat(),
         "train_end_date": s.end.isoformat(),
         "seed": s.trainer.seed,
@@ -223,6 +242,16 @@ def train_model(
         "epochs_run": fit.epochs_run if spec.deep else None,
         "training_seconds": round(fit.seconds, 3),
     }
+    if spec_iv is not None:
+        calibration = (
+            {
+                "calibration_start": frame.index[-held_out].isoformat(),
+                "calibration_end": frame.index[-1].isoformat(),
+            }
+            if held_out
+            else None
+        )
+        manifest["intervals"] = spec_iv.record(calibration)
     bundles.save_bundle(
         paths.model.parent,
         model_name,

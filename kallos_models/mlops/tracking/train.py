@@ -79,15 +79,25 @@ def pyfunc_model() -> Any:
             if not isinstance(frame.index, pd.DatetimeIndex) and "open_time" in frame.columns:
                 frame = frame.set_index(pd.DatetimeIndex(frame["open_time"], name="open_time"))
             model, preprocessor = self.bundle.model, self.bundle.preprocessor
-            needed = forecasting.lookback_bars(
-                int(model.input_chunk_length), 1, preprocessor.target_transform
+            history = self.bundle.history(1)
+            needed = (
+                forecasting.lookback_bars(
+                    forecasting.model_chunk_lengths(model)[0], 1, preprocessor.target_transform
+                )
+                + history
             )
             if len(frame) <= needed:
                 from kallos_models.errors import DataError
 
                 raise DataError(f"predict needs more than {needed} rows, got {len(frame)}")
             return forecasting.rolling_forecasts(
-                model, preprocessor, frame, start=frame.index[needed], horizon=1
+                model,
+                preprocessor,
+                frame,
+                start=frame.index[needed],
+                horizon=1,
+                quantiles=self.bundle.quantiles,
+                history=history,
             )
 
     return KallosForecaster()

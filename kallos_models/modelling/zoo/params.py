@@ -13,11 +13,12 @@ import inspect
 import logging
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
 from kallos_models.errors import ModelError
+from kallos_models.modelling.intervals import check_quantiles
 from kallos_models.modelling.zoo.space import SearchSpace, bars_per_day, lookback_range
 from kallos_models.modelling.zoo.specs import (
     COMMON_FIXED_KWARGS,
@@ -201,6 +202,7 @@ def validate_params(
     trainer_kwargs: Mapping[str, Any] | None = None,
     random_state: int | None = None,
     n_epochs: int | None = None,
+    quantiles: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """Check ``params`` for ``model_name`` and return the full Darts constructor kwargs.
 
@@ -226,6 +228,11 @@ def validate_params(
         Seed passed to Darts; overrides ``params["random_state"]`` when not None.
     n_epochs : int or None, default None
         Overrides ``params["n_epochs"]`` when not None.
+    quantiles : sequence of float or None, default None
+        Train the model to output these quantiles (checked by
+        :func:`kallos_models.modelling.intervals.check_quantiles`): Darts'
+        ``QuantileRegression`` likelihood for a deep model, ``likelihood="quantile"`` for a
+        regression model. None: a point model.
 
     Returns
     -------
@@ -256,8 +263,15 @@ def validate_params(
             f"(darts {spec.darts_class_name}); valid parameters: {', '.join(sorted(accepted))}"
         )
 
+    if quantiles is not None:
+        quantiles = check_quantiles(quantiles)
+        if "likelihood" in params:
+            raise ModelError(
+                f"model {model_name!r}: give quantiles either as --quantiles or as a "
+                "likelihood parameter, not both"
+            )
     if spec.kind == "regression":
-        return _regression_kwargs(spec, params, random_state)
+        return _regression_kwargs(spec, params, random_state, quantiles)
     merged: dict[str, Any] = dict(spec.defaults)
     user_optimizer_kwargs = params.get("optimizer_kwargs") or {}
     if "learning_rate" not in params and "lr" in user_optimizer_kwargs:
@@ -274,11 +288,18 @@ def validate_params(
     _apply_fixed(merged, COMMON_FIXED_KWARGS, model_name)
     merged["pl_trainer_kwargs"] = {**DEFAULT_TRAINER_KWARGS, **(trainer_kwargs or {})}
     _check_values(spec, merged)
+    if quantiles is not None:
+        from darts.utils.likelihood_models import QuantileRegression
+
+        merged["likelihood"] = QuantileRegression(quantiles=list(quantiles))
     return merged
 
 
 def _regression_kwargs(
-    spec: ModelSpec, params: Mapping[str, Any], random_state: int | None
+    spec: ModelSpec,
+    params: Mapping[str, Any],
+    random_state: int | None,
+    quantiles: Sequence[float] | None = None,
 ) -> dict[str, Any]:
     """A regression model's kwargs: defaults, ``params``, the seed and the fixed kwargs, with
     ``input_chunk_length`` turned into ``lags`` and ``lags_past_covariates`` (the same
@@ -291,6 +312,9 @@ def _regression_kwargs(
     lookback = int(merged.pop("input_chunk_length"))
     merged["lags"] = lookback
     merged["lags_past_covariates"] = lookback
+    if quantiles is not None:
+        merged["likelihood"] = "quantile"
+        merged["quantiles"] = list(quantiles)
     return merged
 
 
@@ -301,6 +325,7 @@ def create_model(
     trainer_kwargs: Mapping[str, Any] | None = None,
     random_state: int | None = None,
     n_epochs: int | None = None,
+    quantiles: Sequence[float] | None = None,
 ) -> TorchForecastingModel | Any:
     """Build an untrained Darts model from the model zoo.
 
@@ -318,6 +343,9 @@ def create_model(
         Seed for Darts; overrides ``params["random_state"]`` when not None.
     n_epochs : int or None, default None
         Overrides ``params["n_epochs"]`` when not None.
+    quantiles : sequence of float or None, default None
+        Quantiles the model learns to output (see :func:`validate_params`); None: a point
+        model.
 
     Returns
     -------
@@ -339,6 +367,7 @@ def create_model(
         trainer_kwargs=trainer_kwargs,
         random_state=random_state,
         n_epochs=n_epochs,
+        quantiles=quantiles,
     )
     darts_cls = _import_darts_class(spec.darts_class)
     try:
@@ -377,7 +406,8 @@ def list_models(timeframe: str = "1d") -> list[dict[str, Any]]:
         empty for a search space that is not a :class:`SearchSpace`) and ``constraints``
         (e.g. ``["kernel_size < input_chunk_length"]``), ``deep`` (a torch model trained
         with Lightning, or a regression model), ``extra`` (the package extra it needs, or
-        None) and ``installed`` (whether that extra's package can be imported here).
+        None), ``installed`` (whether that extra's package can be imported here) and
+        ``probabilistic`` (it can forecast quantiles: ``train --quantiles``).
 
     Raises
     ------
@@ -395,6 +425,9 @@ def list_models(timeframe: str = "1d") -> list[dict[str, Any]]:
             "tunable": _describe_space(spec, timeframe),
             "constraints": [constraint.describe() for constraint in spec.constraints],
             "deep": spec.deep,
+            # every model of the zoo can learn quantiles (train --quantiles) and be wrapped
+            # in conformal prediction (train --conformal)
+            "probabilistic": True,
             "extra": spec.extra,
             "installed": _installed(spec),
         }

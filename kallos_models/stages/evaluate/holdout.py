@@ -46,6 +46,11 @@ from kallos_models.modelling.forecasting import (
     model_chunk_lengths,
     rolling_forecasts,
 )
+from kallos_models.modelling.intervals import (
+    DEFAULT_NAIVE_WINDOW,
+    check_after_calibration,
+    evaluate_intervals,
+)
 from kallos_models.modelling.metrics import compute_metrics
 from kallos_models.stage_settings import DEFAULT_OUTPUT_DIRS, EvaluateSettings, evaluate_settings
 from kallos_models.stages.evaluate.plot import plot_evaluation
@@ -195,6 +200,7 @@ def open_bundle(
             f"training data ({train_end}): scoring it there would be leakage (the model saw "
             f"those bars); set --test-start-date after {train_end.date()}"
         )
+    check_after_calibration(manifest.get("intervals"), s.test_start, "--test-start-date")
     return CheckedBundle(
         bundle=bundle, model_name=str(bundle_model), timeframe=timeframe, train_end=train_end
     )
@@ -334,6 +340,14 @@ def score_and_write(
             "note": f"not run at horizon {horizon}: the backtest trades one-step forecasts only; "
             "evaluate with --horizon 1",
         }
+    interval_record = evaluate_intervals(
+        results,
+        frame[preprocessor.target_col].to_numpy(dtype="float64"),
+        frame.index,
+        record=checked.manifest.get("intervals"),
+        horizon=horizon,
+        target_transform=preprocessor.target_transform,
+    )
     filled = frame["filled"].iloc[pos:] if "filled" in frame.columns else None
     train_end = checked.train_end
     record: dict[str, Any] = {
@@ -355,6 +369,7 @@ def score_and_write(
         "model_path": source,
         **(extra or {}),
         **metrics,
+        "intervals": interval_record,
         "backtest": backtest,
     }
 
@@ -368,7 +383,7 @@ def score_and_write(
     )
     plot_path = plot_evaluation(
         results,
-        {**metrics, "backtest": backtest},
+        {**metrics, "backtest": backtest, "intervals": interval_record},
         title=title,
         path=out_dir / f"{stem}_evaluation_plot.png",
         curves=curves,
@@ -470,12 +485,25 @@ def evaluate_model(
     model, preprocessor = checked.bundle.model, checked.bundle.preprocessor
     icl, ocl = model_chunk_lengths(model)
     steps = check_horizon(s.horizon if horizon is None else horizon, ocl)
-    needed = lookback_bars(icl, steps, preprocessor.target_transform)
-    frame, pos = load_window(
-        s, checked, needed=needed, why=f"input_chunk_length {icl}, horizon {steps}"
-    )
+    history = checked.bundle.history(steps)
+    needed = lookback_bars(icl, steps, preprocessor.target_transform) + history
+    # a model with intervals is judged beside the naive interval, which reads trailing returns
+    quantiles = checked.bundle.quantiles
+    window = history + DEFAULT_NAIVE_WINDOW if quantiles else 0
+    bar = timeframe_to_timedelta(checked.timeframe)
+    why = f"input_chunk_length {icl}, horizon {steps}, conformal calibration {history}"
+    start = s.test_start - (max(needed, window + steps) + 1) * bar
+    frame, pos = load_window(s, checked, needed=needed, why=why, start_date=start)
     with surface_interrupts():
-        results = rolling_forecasts(model, preprocessor, frame, start=s.test_start, horizon=steps)
+        results = rolling_forecasts(
+            model,
+            preprocessor,
+            frame,
+            start=s.test_start,
+            horizon=steps,
+            quantiles=quantiles,
+            history=history,
+        )
     return score_and_write(
         s,
         checked,

@@ -55,7 +55,7 @@ def _plot_equity(axis: Any, curves: pd.DataFrame, backtest: Mapping[str, Any] | 
     position = curves["position"].to_numpy(dtype="float64")
     # bars in the market shaded, green long and red short (a bar spans its origin to its close)
     for sign, color, label in ((1.0, "tab:green", "long"), (-1.0, "tab:red", "short")):
-        held = np.concatenate([[False], position == sign])
+        held = np.concatenate([[False], np.sign(position) == sign])
         if held.any():
             axis.fill_between(
                 times,
@@ -74,6 +74,38 @@ def _plot_equity(axis: Any, curves: pd.DataFrame, backtest: Mapping[str, Any] | 
     axis.legend(loc="upper left", frameon=True, fontsize=9)
 
 
+def _shade_intervals(
+    axis: Any, results: pd.DataFrame, record: Mapping[str, Any] | None
+) -> list[str]:
+    """Shade each interval of ``record`` (widest lightest) from the frame's quantile columns;
+    return the legend labels drawn (with each interval's empirical coverage)."""
+    from kallos_models.modelling.intervals import interval_levels, quantile_column
+
+    if not record or not record.get("quantiles"):
+        return []
+    coverage = {entry["level"]: entry.get("coverage") for entry in record.get("levels") or []}
+    times = pd.DatetimeIndex(results.index).to_pydatetime()
+    labels = []
+    levels = interval_levels(record["quantiles"])
+    for rank, (level, lo, hi) in enumerate(reversed(levels)):
+        lower, upper = results.get(quantile_column(lo)), results.get(quantile_column(hi))
+        if lower is None or upper is None:
+            continue
+        label = f"{level:.0%} interval (coverage {_fmt(coverage.get(level), '.1%')})"
+        axis.fill_between(
+            times,
+            lower.to_numpy(dtype="float64"),
+            upper.to_numpy(dtype="float64"),
+            color="tab:blue",
+            alpha=0.12 + 0.12 * rank,
+            linewidth=0,
+            zorder=0,
+            label=label,
+        )
+        labels.append(label)
+    return labels
+
+
 def plot_evaluation(
     results: pd.DataFrame,
     metrics: Mapping[str, Any],
@@ -84,7 +116,9 @@ def plot_evaluation(
 ) -> Path:
     """Plot forecasts against actual prices, the residuals and the backtest, to a PNG.
 
-    Top panel: actual, forecast and naive prices; middle panel (same time axis): residuals
+    Top panel: actual, forecast and naive prices, and, for a model with intervals (the
+    metrics' ``intervals`` record and the frame's quantile columns), each interval shaded
+    with its empirical coverage in the legend; middle panel (same time axis): residuals
     ``actual - forecast`` and a zero line; with ``curves``, a bottom panel of the backtest's
     equity (strategy against buy-and-hold, from 1.0 at the first origin close). The title is
     ``title`` and, on a second line, the headline metrics: RMSE, naive RMSE, their ratio and
@@ -161,10 +195,11 @@ def plot_evaluation(
     top.plot(
         times, results["forecast"], color="tab:blue", linewidth=1.2, zorder=3, label="forecast"
     )
+    shaded = _shade_intervals(top, results, metrics.get("intervals"))
     top.set_ylabel("price")
     top.grid(True, alpha=0.3)
     handles, labels = top.get_legend_handles_labels()
-    order = [labels.index(name) for name in ("actual", "forecast", "naive (last close)")]
+    order = [labels.index(name) for name in ("actual", "forecast", "naive (last close)", *shaded)]
     top.legend([handles[i] for i in order], [labels[i] for i in order], loc="upper left")
     bottom.axhline(0.0, color="grey", linewidth=1.0)
     bottom.plot(times, residual, color="tab:red", linewidth=1.0, label="actual - forecast")

@@ -235,6 +235,13 @@ def retrain_backtest(
         )
     config = backtest_config(s)
     checked = open_bundle(s, model_path, scaler_path)
+    if checked.manifest.get("intervals"):
+        raise ConfigError(
+            f"{Path(model_path).name} forecasts intervals "
+            f"({checked.manifest['intervals'].get('method')}); the retraining backtest refits "
+            "point models only: evaluate it without --retrain-every, or retrain it without "
+            "--quantiles/--conformal"
+        )
     recipe = refit_recipe(checked, s.params_file, show_progress=show_progress)
     icl, ocl = recipe.input_chunk_length, recipe.output_chunk_length
     steps = check_horizon(s.horizon if horizon is None else horizon, ocl)
