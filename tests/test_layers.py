@@ -9,7 +9,7 @@ level or inside a function, since a lazy import is still a dependency). Layers, 
     2  modelling.*
     3  stages.*       (a stage never imports another stage)
     4  mlops.*
-    5  pipeline, demo, and the seed's re-export modules tuner, datasets, architectures
+    5  pipeline, demo, compare, and the seed's re-export modules tuner, datasets, architectures
     6  cli, __main__
 
 A module may import its own layer or lower ones, never a higher one.
@@ -88,7 +88,7 @@ def layer(module: str) -> int:
         return 3
     if top == "mlops":
         return 4
-    if top in ("pipeline", "demo") or module in SEED_REEXPORTS:
+    if top in ("pipeline", "demo", "compare") or module in SEED_REEXPORTS:
         return 5
     if top in ("cli", "__main__"):
         return 6
