@@ -26,6 +26,7 @@ from kallos_models.stage_settings import evaluate_settings, train_settings, tune
 if TYPE_CHECKING:
     import optuna
 
+    from kallos_models.modelling.ensemble import EnsembleSpec
     from kallos_models.modelling.intervals import IntervalSpec
     from kallos_models.stage_settings import PredictSettings
     from kallos_models.stages.evaluate import EvaluationResult
@@ -82,6 +83,7 @@ def train(
     overwrite: bool = False,
     show_progress: bool = False,
     intervals: IntervalSpec | None = None,
+    members: EnsembleSpec | None = None,
 ) -> TrainResult:
     """:func:`kallos_models.stages.train.train_model`, then register the bundle when tracking.
 
@@ -97,6 +99,8 @@ def train(
         Lightning's progress bar and model summary.
     intervals : IntervalSpec or None, default None
         Quantile regression and/or conformal prediction (see the stage); None: a point model.
+    members : EnsembleSpec or None, default None
+        The members of an ensemble (``model_name`` ``ensemble``; see the stage).
 
     Returns
     -------
@@ -114,7 +118,12 @@ def train(
     stage = train_settings(settings)  # required values checked before anything else
     tracking.require_mlflow(settings)  # before any training: a missing extra fails now
     result = train_model(
-        stage, params, overwrite=overwrite, show_progress=show_progress, intervals=intervals
+        stage,
+        params,
+        overwrite=overwrite,
+        show_progress=show_progress,
+        intervals=intervals,
+        members=members,
     )
     tracked = tracking.log_training(settings, result)
     return dataclasses.replace(result, tracking=tracked) if tracked else result

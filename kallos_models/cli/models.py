@@ -35,6 +35,8 @@ from kallos_models.cli.options import (
     tracking_option,
 )
 from kallos_models.config import BacktestMode
+from kallos_models.errors import ConfigError
+from kallos_models.modelling.ensemble import ENSEMBLE_METHODS
 
 logger = logging.getLogger("kallos_models")
 
@@ -74,6 +76,38 @@ def _model_lines(rows: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
+def _ensemble_spec(
+    model_name: str,
+    params_file: Path | None,
+    members: str | None,
+    member_params: tuple[str, ...],
+    method: str | None,
+    train_bars: int | None,
+) -> Any:
+    """The ensemble of train's flags, or None; ConfigError for flags that do not fit."""
+    from kallos_models.modelling import ensemble
+
+    ensemble_flags = members or member_params or method or train_bars is not None
+    if not ensemble.is_ensemble(model_name):
+        if ensemble_flags:
+            raise ConfigError(
+                "--members, --member-params, --ensemble-method and --ensemble-train-bars are "
+                f"for --model-name ensemble, but the model is {model_name!r}"
+            )
+        if params_file is None:
+            raise ConfigError(
+                "train needs --params-file: the JSON `kallos-run tune` writes, or a JSON object "
+                "of hyperparameters ({} for the defaults)"
+            )
+        return None
+    if params_file is not None:
+        raise ConfigError(
+            "an ensemble takes its members' parameters from --member-params NAME=FILE, not "
+            "--params-file"
+        )
+    return ensemble.EnsembleSpec.from_flags(members, method, train_bars, member_params)
+
+
 @click.command(context_settings=CONTEXT_SETTINGS)
 @model_option
 @asset_options
@@ -81,9 +115,9 @@ def _model_lines(rows: list[dict[str, Any]]) -> list[str]:
 @start_date_option
 @click.option(
     "--params-file",
-    required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="JSON hyperparameters, or the file `kallos-run tune` writes.",
+    help="JSON hyperparameters, or the file `kallos-run tune` writes (required, except for "
+    "an ensemble: see --member-params).",
 )
 @output_option("./trained_models")
 @db_option
@@ -114,6 +148,32 @@ def _model_lines(rows: list[dict[str, Any]]) -> list[str]:
     metavar="BARS",
     help="Conformal calibration window, in bars [default: 200].",
 )
+@click.option(
+    "--members",
+    default=None,
+    metavar="NAME,NAME,...",
+    help="With --model-name ensemble: the zoo models it combines, e.g. gru,lightgbm,linear.",
+)
+@click.option(
+    "--member-params",
+    multiple=True,
+    metavar="NAME=FILE",
+    help="An ensemble member's params file (repeat per member) [default: the zoo's defaults].",
+)
+@click.option(
+    "--ensemble-method",
+    type=click.Choice(list(ENSEMBLE_METHODS)),
+    default=None,
+    help="Combine the members by weights learned on their out-of-sample forecasts of the "
+    "last --ensemble-train-bars training bars, or by the plain mean [default: regression].",
+)
+@click.option(
+    "--ensemble-train-bars",
+    type=int,
+    default=None,
+    metavar="BARS",
+    help="Bars the regression ensemble learns its weights on [default: 200].",
+)
 @tracking_option
 @click.pass_context
 def train(
@@ -124,6 +184,10 @@ def train(
     quantiles,
     conformal,
     calibration_bars,
+    members,
+    member_params,
+    ensemble_method,
+    ensemble_train_bars,
     **flags,
 ) -> None:
     """Train the final model on all data up to the end date and write its bundle.
@@ -132,7 +196,8 @@ def train(
     after the asset unless it is 1d (gru_BTC_4h.pt); prints their paths as JSON. With a
     tracking URI the run is logged to MLflow and the bundle registered as a new version of
     {model}_{asset}_{timeframe}. With --quantiles or --conformal, evaluate and predict report
-    intervals.
+    intervals. --model-name ensemble --members A,B,... trains one bundle of several zoo models
+    combined (Darts' RegressionEnsembleModel or NaiveEnsembleModel).
 
     \b
     Example:
@@ -140,14 +205,24 @@ def train(
           --params-file gru_BTC_best_params.json
       kallos-run train --model-name lightgbm --asset-id BTC --end-date 2024-06-30 \\
           --params-file lightgbm_BTC_best_params.json --conformal --calibration-bars 250
+      kallos-run train --model-name ensemble --members gru,lightgbm,linear --asset-id BTC \\
+          --end-date 2024-06-30 --member-params gru=gru_BTC_best_params.json
     """
     from kallos_models import pipeline
     from kallos_models.modelling.intervals import IntervalSpec
 
     s = settings(ctx, train_end_date=end_date, **flags)
     spec = IntervalSpec.from_flags(quantiles, conformal, calibration_bars)
+    ensemble = _ensemble_spec(
+        s.model_name, params_file, members, member_params, ensemble_method, ensemble_train_bars
+    )
     result = pipeline.train(
-        s, params_file, overwrite=overwrite, show_progress=show_progress(ctx), intervals=spec
+        s,
+        params_file or {},
+        overwrite=overwrite,
+        show_progress=show_progress(ctx),
+        intervals=spec,
+        members=ensemble,
     )
     echo_json(result.as_dict())
 

@@ -43,6 +43,7 @@ from kallos_models.config import timeframe_to_timedelta
 from kallos_models.errors import ArtifactError, KallosError
 from kallos_models.files import DEFAULT_TIMEFRAME, json_default, run_stem
 from kallos_models.modelling import zoo
+from kallos_models.modelling.ensemble import ENSEMBLE
 
 logger = logging.getLogger(__name__)
 
@@ -182,8 +183,10 @@ def read_manifest(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ArtifactError(f"manifest {path} is not a JSON object; retrain or restore the bundle")
     files = data.get("files")
-    # a regression model's bundle has no checkpoint; the digest guards model_kind
-    roles = [r for r in FILE_ROLES if r != "checkpoint" or data.get("model_kind") != "regression"]
+    # a regression model's or an ensemble's bundle has no checkpoint of its own; the digest
+    # guards model_kind
+    kind = data.get("model_kind")
+    roles = [r for r in FILE_ROLES if r != "checkpoint" or kind not in ("regression", "ensemble")]
     if not isinstance(files, dict) or not all(
         isinstance(files.get(role), dict) and isinstance(files[role].get("sha256"), str)
         for role in roles
@@ -430,31 +433,40 @@ def manifest_indicators(manifest: Mapping[str, Any], columns: list[str]) -> dict
 
 @dataclass(frozen=True)
 class BundlePaths:
-    """The files of a bundle; ``checkpoint`` is None for a regression model's."""
+    """The files of a bundle; ``checkpoint`` is None for a regression model's and an
+    ensemble's; ``members`` are an ensemble's deep members' files (Darts' model file and
+    checkpoint of each, ``{stem}.pt.{Class}_{i}.pt[.ckpt]``), empty for any other bundle."""
 
     model: Path
     checkpoint: Path | None
     scaler: Path
     manifest: Path
+    members: tuple[Path, ...] = ()
 
-    def as_dict(self) -> dict[str, str | None]:
+    def as_dict(self) -> dict[str, Any]:
         """``{"model": ..., "checkpoint": ..., "scaler": ..., "manifest": ...}`` as strings
-        (``checkpoint`` None when the bundle has none)."""
-        return {
+        (``checkpoint`` None when the bundle has none), and ``members`` (a list) when the
+        bundle has member files."""
+        out: dict[str, Any] = {
             "model": str(self.model),
             "checkpoint": None if self.checkpoint is None else str(self.checkpoint),
             "scaler": str(self.scaler),
             "manifest": str(self.manifest),
         }
+        if self.members:
+            out["members"] = [str(path) for path in self.members]
+        return out
 
     def files(self) -> tuple[Path, ...]:
-        """The bundle's paths (three or four), manifest last."""
+        """The bundle's paths, manifest last."""
         return (*(path for _, path in self.data_files()), self.manifest)
 
     def data_files(self) -> list[tuple[str, Path]]:
-        """``(role, path)`` of the files the manifest checksums, in publishing order."""
+        """``(role, path)`` of the files the manifest checksums, in publishing order; an
+        ensemble's member files have the roles ``member_0``, ``member_1`` ..."""
         roles = (("model", self.model), ("checkpoint", self.checkpoint), ("scaler", self.scaler))
-        return [(role, path) for role, path in roles if path is not None]
+        members = [(f"member_{i}", path) for i, path in enumerate(self.members)]
+        return [(role, path) for role, path in (*roles, *members) if path is not None]
 
     def moved_to(self, folder: Path) -> BundlePaths:
         """The same file names in ``folder`` (a staging folder)."""
@@ -463,6 +475,7 @@ class BundlePaths:
             checkpoint=None if self.checkpoint is None else folder / self.checkpoint.name,
             scaler=folder / self.scaler.name,
             manifest=folder / self.manifest.name,
+            members=tuple(folder / path.name for path in self.members),
         )
 
 
@@ -494,7 +507,11 @@ def bundle_paths(
     spec = zoo.MODEL_ZOO.get(model_name)
     return BundlePaths(
         model=base / f"{stem}.pt",
-        checkpoint=base / f"{stem}.pt.ckpt" if spec is None or spec.deep else None,
+        checkpoint=(
+            base / f"{stem}.pt.ckpt"
+            if model_name != ENSEMBLE and (spec is None or spec.deep)
+            else None
+        ),
         scaler=base / f"{stem}_scaler.pkl",
         manifest=base / f"{stem}_manifest.json",
     )

@@ -32,6 +32,7 @@ checksummed preprocessor and model. File names follow :mod:`kallos_models.files`
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import pickle
@@ -52,6 +53,7 @@ from kallos_models.files import (
 )
 from kallos_models.modelling import bundle_files, intervals
 from kallos_models.modelling.bundle_files import BUNDLE_FORMAT, BundlePaths, bundle_paths
+from kallos_models.modelling.ensemble import ENSEMBLE, member_files, remove_stale_members
 from kallos_models.modelling.fitting import cuda_available
 from kallos_models.modelling.preprocessing import FeaturePreprocessor
 
@@ -147,17 +149,21 @@ def _save_model(model: Any, path: Path) -> None:
     function (or one Darts' restricted unpickler does not know) would make the file
     unloadable. They are removed for the save and put back afterwards.
     """
-    model_params = getattr(model, "_model_params", None)
-    pl_kwargs = model_params.get("pl_trainer_kwargs") if isinstance(model_params, dict) else None
-    saved_callbacks = None
-    if isinstance(pl_kwargs, dict) and pl_kwargs.get("callbacks"):
-        saved_callbacks = pl_kwargs["callbacks"]
-        pl_kwargs["callbacks"] = []
+    saved: list[tuple[dict[str, Any], Any]] = []
+    # an ensemble pickles its members' creation parameters too
+    for part in (model, *(getattr(model, "forecasting_models", None) or ())):
+        model_params = getattr(part, "_model_params", None)
+        pl_kwargs = (
+            model_params.get("pl_trainer_kwargs") if isinstance(model_params, dict) else None
+        )
+        if isinstance(pl_kwargs, dict) and pl_kwargs.get("callbacks"):
+            saved.append((pl_kwargs, pl_kwargs["callbacks"]))
+            pl_kwargs["callbacks"] = []
     try:
         model.save(str(path))
     finally:
-        if saved_callbacks is not None and isinstance(pl_kwargs, dict):
-            pl_kwargs["callbacks"] = saved_callbacks
+        for pl_kwargs, callbacks in saved:
+            pl_kwargs["callbacks"] = callbacks
 
 
 def save_bundle(
@@ -248,6 +254,10 @@ def save_bundle(
     published = False
     try:
         _save_model(model, staged.model)  # a torch model: Darts writes ".ckpt" beside it
+        if model_name == ENSEMBLE:  # and its deep members' files beside it
+            found = tuple(member_files(staged.model))
+            staged = dataclasses.replace(staged, members=found)
+            paths = dataclasses.replace(paths, members=tuple(directory / p.name for p in found))
         if staged.checkpoint is not None and not staged.checkpoint.exists():
             raise ArtifactError(
                 "the model has no trained weights (Darts wrote no checkpoint); fit it before "
@@ -270,7 +280,13 @@ def save_bundle(
                 "kallos_version": __version__,
                 "created_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "versions": library_versions(),
-                "model_kind": "torch" if paths.checkpoint is not None else "regression",
+                "model_kind": (
+                    "ensemble"
+                    if model_name == ENSEMBLE
+                    else "torch"
+                    if paths.checkpoint is not None
+                    else "regression"
+                ),
                 "files": files,
             }
         )
@@ -290,6 +306,7 @@ def save_bundle(
             manifest=(staged.manifest, paths.manifest),
         )
         published = True
+        remove_stale_members(paths.model, paths.members)
     finally:
         kept = staging / "previous"
         if not published and kept.is_dir() and any(kept.iterdir()):
@@ -340,6 +357,28 @@ def _verify(path: Path, expected: str, role: str) -> None:
             f"checksum mismatch for {path} ({role}): the bundle was modified after training; "
             "retrain or restore it"
         )
+
+
+def _member_files(
+    files: Mapping[str, Any], model_file: Path, manifest_file: Path
+) -> list[tuple[str, Path]]:
+    """``(role, path)`` of an ensemble's member files, beside the model file (where Darts
+    reads them), in role order."""
+    roles = sorted((r for r in files if r.startswith("member_")), key=lambda r: int(r[7:]))
+    out = []
+    for role in roles:
+        name = files[role].get("name") if isinstance(files[role], Mapping) else None
+        if (
+            not isinstance(name, str)
+            or Path(name).name != name
+            or not name.startswith(f"{model_file.name}.")
+        ):
+            raise ArtifactError(
+                f"manifest {manifest_file} names no valid file for {role} of the ensemble "
+                f"(got {name!r}); retrain or restore the bundle"
+            )
+        out.append((role, model_file.with_name(name)))
+    return out
 
 
 def _fit_trainer_to_machine(model: Any, cuda: bool) -> None:
@@ -433,6 +472,9 @@ def load_bundle(
     if checkpoint_file is not None:
         _verify(checkpoint_file, files["checkpoint"]["sha256"], "checkpoint")
     _verify(scaler_file, files["scaler"]["sha256"], "scaler")
+    members = _member_files(files, model_file, manifest_file)
+    for role, path in members:
+        _verify(path, files[role]["sha256"], f"ensemble {role}")
     bundle_files.verify_manifest(manifest, manifest_file)
 
     with open(scaler_file, "rb") as handle:
@@ -444,17 +486,22 @@ def load_bundle(
         )
 
     cuda = cuda_available()
-    if checkpoint_file is None:  # a regression model: the .pt is the whole fitted model
+    load_kwargs: dict[str, Any] = {} if cuda else {"map_location": "cpu"}
+    if manifest.get("model_kind") == "ensemble":  # Darts reads the members' files beside it
+        from darts.models.forecasting.ensemble_model import EnsembleModel
+
+        model = EnsembleModel.load(str(model_file), **load_kwargs)
+    elif checkpoint_file is None:  # a regression model: the .pt is the whole fitted model
         from darts.models.forecasting.forecasting_model import ForecastingModel
 
         model = ForecastingModel.load(str(model_file))
     else:
         from darts.models.forecasting.torch_forecasting_model import TorchForecastingModel
 
-        load_kwargs: dict[str, Any] = {} if cuda else {"map_location": "cpu"}
         model = TorchForecastingModel.load(str(model_file), **load_kwargs)
     bundle_files.check_manifest_agrees(manifest, preprocessor, model, manifest_file)
-    _fit_trainer_to_machine(model, cuda)
+    for part in getattr(model, "forecasting_models", None) or (model,):
+        _fit_trainer_to_machine(part, cuda)
     model = intervals.wrap_model(model, manifest.get("intervals"))
     logger.info("loaded bundle %s", manifest_file)
     return LoadedBundle(
@@ -466,5 +513,6 @@ def load_bundle(
             checkpoint=checkpoint_file,
             scaler=scaler_file,
             manifest=manifest_file,
+            members=tuple(path for _, path in members),
         ),
     )

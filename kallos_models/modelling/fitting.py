@@ -32,6 +32,7 @@ __all__ = [
     "build_trainer_kwargs",
     "fit_forecaster",
     "resolve_n_epochs",
+    "seed_everything",
     "surface_interrupts",
 ]
 
@@ -225,7 +226,8 @@ def surface_interrupts() -> Iterator[None]:
             signal.signal(signal.SIGINT, previous)
 
 
-def _seed_everything(seed: int) -> None:
+def seed_everything(seed: int) -> None:
+    """Seed Lightning, Python, numpy and torch with ``seed``."""
     import random
 
     import numpy as np
@@ -449,7 +451,7 @@ def fit_forecaster(
     callbacks = [*base_kwargs.get("callbacks", []), *internal, *extra_callbacks]
     trainer_params = {**base_kwargs, "callbacks": callbacks}
 
-    _seed_everything(seed)
+    seed_everything(seed)
     model = architectures.create_model(
         model_name,
         params,

@@ -493,5 +493,5 @@ def check_after_calibration(record: Mapping[str, Any] | None, first: Any, flag: 
         raise DataError(
             f"{first} is on or before the end of the model's conformal calibration window "
             f"({calibrated}): its intervals would be judged on bars they were calibrated on; "
-            f"set {flag} after {calibrated}"
+            f"move {flag} so that the first forecast bar falls after {calibrated}"
         )

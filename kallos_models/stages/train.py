@@ -20,9 +20,10 @@ from typing import Any
 from kallos_models.config import Settings
 from kallos_models.data import datasets
 from kallos_models.data.features import resolve_indicators
-from kallos_models.errors import DataError
-from kallos_models.modelling import bundles, fitting, series, zoo
+from kallos_models.errors import ConfigError, DataError
+from kallos_models.modelling import bundles, ensemble, fitting, series, zoo
 from kallos_models.modelling.bundles import BundlePaths
+from kallos_models.modelling.ensemble import EnsembleSpec
 from kallos_models.modelling.hyperparams import read_params_file, training_params
 from kallos_models.modelling.intervals import IntervalSpec
 from kallos_models.stage_settings import DEFAULT_OUTPUT_DIRS, TrainSettings, train_settings
@@ -55,9 +56,10 @@ class TrainResult:
         dict
             ``model_name``, ``asset_id``, ``timeframe``, ``train_start``, ``train_end``,
             ``train_rows``, ``n_epochs``, ``accelerator``, ``training_seconds``, ``intervals``
-            (the manifest's interval record, None for a point model) and ``paths``
-            (``model``, ``checkpoint``, ``scaler``, ``manifest``); plus ``tracking`` when the
-            bundle was registered.
+            (the manifest's interval record, None for a point model), for an ensemble
+            ``ensemble`` (``method``, ``members``, ``weights``), and ``paths`` (``model``,
+            ``checkpoint``, ``scaler``, ``manifest``, an ensemble's ``members``); plus
+            ``tracking`` when the bundle was registered.
         """
         m = self.manifest
         tracked = {"tracking": self.tracking} if self.tracking is not None else {}
@@ -72,9 +74,23 @@ class TrainResult:
             "accelerator": m.get("accelerator"),
             "training_seconds": m.get("training_seconds"),
             "intervals": m.get("intervals"),
+            **_ensemble_summary(m.get("ensemble")),
             "paths": self.paths.as_dict(),
             **tracked,
         }
+
+
+def _ensemble_summary(record: Any) -> dict[str, Any]:
+    if not isinstance(record, Mapping):
+        return {}
+    names = [m.get("model_name") for m in record.get("members") or [] if isinstance(m, Mapping)]
+    return {
+        "ensemble": {
+            "method": record.get("method"),
+            "members": names,
+            "weights": record.get("weights"),
+        }
+    }
 
 
 def _trainer_facts(model: Any) -> dict[str, Any]:
@@ -91,6 +107,27 @@ def _trainer_facts(model: Any) -> dict[str, Any]:
     }
 
 
+def _check_members(
+    model_name: str, members: EnsembleSpec | None, intervals: IntervalSpec | None
+) -> None:
+    """An ensemble has members and no quantile regression; no other model has members."""
+    if ensemble.is_ensemble(model_name):
+        if members is None:
+            raise ConfigError(
+                "--model-name ensemble needs --members, e.g. --members gru,lightgbm,linear"
+            )
+        if intervals is not None and intervals.quantile_regression:
+            raise ConfigError(
+                "an ensemble combines point forecasts, so it does not learn quantiles: drop "
+                "--quantiles and pass --conformal for its intervals"
+            )
+    elif members is not None:
+        raise ConfigError(
+            f"--members is for --model-name ensemble, but the model is {model_name!r}: pass "
+            "--model-name ensemble, or drop --members"
+        )
+
+
 def train_model(
     settings: Settings | TrainSettings,
     params: Mapping[str, Any] | str | Path,
@@ -98,6 +135,7 @@ def train_model(
     overwrite: bool = False,
     show_progress: bool = False,
     intervals: IntervalSpec | None = None,
+    members: EnsembleSpec | None = None,
 ) -> TrainResult:
     """Train the model on all rows of the asset up to the end date and save its bundle.
 
@@ -126,6 +164,10 @@ def train_model(
         ``calibration_bars`` rows are held out of the fit (preprocessing and model) as the
         calibration window, and the manifest's ``intervals`` records how to wrap the model.
         None: a point model.
+    members : EnsembleSpec or None, default None
+        For ``model_name`` ``ensemble`` (required there, refused otherwise): the members,
+        their parameters and how they are combined (:mod:`kallos_models.modelling.ensemble`);
+        ``params`` is not read. An ensemble takes ``--conformal`` intervals, not quantiles.
 
     Returns
     -------
@@ -149,11 +191,20 @@ def train_model(
     """
     s = settings if isinstance(settings, TrainSettings) else train_settings(settings)
     model_name = s.model_name
-    spec = zoo.get_spec(model_name)
-    used_params, checked = training_params(
-        model_name, params, max_epochs=s.trainer.max_epochs, seed=s.trainer.seed
-    )
-    input_chunk_length, output_chunk_length = zoo.chunk_lengths(checked)
+    _check_members(model_name, members, intervals)
+    used_params: dict[str, Any]
+    if members is not None:
+        resolved = members.resolved_params(max_epochs=s.trainer.max_epochs, seed=s.trainer.seed)
+        used_params = {name: used for name, (used, _) in resolved.items()}
+        input_chunk_length, output_chunk_length = ensemble.chunk_lengths(members, used_params)
+        darts_class, deep = members.darts_class, any(zoo.get_spec(m).deep for m in members.members)
+    else:
+        spec = zoo.get_spec(model_name)
+        used_params, checked = training_params(
+            model_name, params, max_epochs=s.trainer.max_epochs, seed=s.trainer.seed
+        )
+        input_chunk_length, output_chunk_length = zoo.chunk_lengths(checked)
+        darts_class, deep = spec.darts_class, spec.deep
     fitting.check_accelerator(s.trainer.accelerator)  # before any data is read
 
     paths = bundles.bundle_paths(s.output_dir, model_name, s.asset_id, s.timeframe)
@@ -191,26 +242,36 @@ def train_model(
         precision=s.trainer.precision,
         show_progress=show_progress,
     )
-    fit = fitting.fit_forecaster(
-        model_name,
-        used_params,
-        prepared,
-        seed=s.trainer.seed,
-        trainer_kwargs=trainer_kwargs,
-        quantiles=(
-            spec_iv.quantiles if spec_iv is not None and spec_iv.quantile_regression else None
-        ),
-    )
+    if members is not None:
+        fit = ensemble.fit_ensemble(
+            members, used_params, prepared, seed=s.trainer.seed, trainer_kwargs=trainer_kwargs
+        )
+    else:
+        fit = fitting.fit_forecaster(
+            model_name,
+            used_params,
+            prepared,
+            seed=s.trainer.seed,
+            trainer_kwargs=trainer_kwargs,
+            quantiles=(
+                spec_iv.quantiles if spec_iv is not None and spec_iv.quantile_regression else None
+            ),
+        )
     preprocessor = prepared.preprocessor
-    # a regression model is fit by its estimator on the CPU, without a Lightning trainer
+    # a regression model is fit by its estimator on the CPU, without a Lightning trainer; an
+    # ensemble's deep members share one trainer configuration
+    torch_model = next(
+        (m for m in ensemble.members_of(fit.model) if getattr(m, "trainer", None) is not None),
+        None,
+    )
     facts = (
-        _trainer_facts(fit.model)
-        if spec.deep
+        _trainer_facts(torch_model)
+        if deep and torch_model is not None
         else {"accelerator": "cpu", "devices": None, "precision": None}
     )
     manifest: dict[str, Any] = {
         "model_name": model_name,
-        "darts_class": spec.darts_class,
+        "darts_class": darts_class,
         "asset_id": s.asset_id,
         "timeframe": s.timeframe,
         "params": used_params,
@@ -239,9 +300,11 @@ def train_model(
         "devices": facts["devices"],
         "precision": facts["precision"],
         "requested_accelerator": s.trainer.accelerator,
-        "epochs_run": fit.epochs_run if spec.deep else None,
+        "epochs_run": fit.epochs_run if deep and members is None else None,
         "training_seconds": round(fit.seconds, 3),
     }
+    if members is not None:
+        manifest["ensemble"] = members.record(used_params, fit.model)
     if spec_iv is not None:
         calibration = (
             {
@@ -252,7 +315,7 @@ def train_model(
             else None
         )
         manifest["intervals"] = spec_iv.record(calibration)
-    bundles.save_bundle(
+    paths = bundles.save_bundle(
         paths.model.parent,
         model_name,
         s.asset_id,
@@ -266,10 +329,10 @@ def train_model(
         "trained %s on %s: %d rows %s .. %s, %sin %.1fs; bundle %s",
         model_name,
         s.asset_id,
-        len(frame),
+        len(fit_frame),
         manifest["train_start"],
         manifest["train_end"],
-        f"{fit.epochs_run} epoch(s) " if spec.deep else "",
+        f"{fit.epochs_run} epoch(s) " if deep and members is None else "",
         fit.seconds,
         paths.model,
     )

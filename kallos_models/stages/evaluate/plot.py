@@ -89,8 +89,8 @@ def _shade_intervals(
     levels = interval_levels(record["quantiles"])
     for rank, (level, lo, hi) in enumerate(reversed(levels)):
         lower, upper = results.get(quantile_column(lo)), results.get(quantile_column(hi))
-        if lower is None or upper is None:
-            continue
+        if lower is None or upper is None or lower.isna().all():
+            continue  # none forecast (a log-return target beyond step 1)
         label = f"{level:.0%} interval (coverage {_fmt(coverage.get(level), '.1%')})"
         axis.fill_between(
             times,

@@ -242,6 +242,12 @@ def retrain_backtest(
             "point models only: evaluate it without --retrain-every, or retrain it without "
             "--quantiles/--conformal"
         )
+    if checked.manifest.get("ensemble"):
+        raise ConfigError(
+            f"{Path(model_path).name} is an ensemble; the retraining backtest refits one zoo "
+            "model: evaluate it without --retrain-every, or run the retraining backtest of "
+            "each member's own bundle"
+        )
     recipe = refit_recipe(checked, s.params_file, show_progress=show_progress)
     icl, ocl = recipe.input_chunk_length, recipe.output_chunk_length
     steps = check_horizon(s.horizon if horizon is None else horizon, ocl)

@@ -24,6 +24,7 @@ from kallos_models.data import datasets, db
 from kallos_models.data.features import resolve_indicators
 from kallos_models.errors import ConfigError, DataError, ModelError
 from kallos_models.modelling import fitting, zoo
+from kallos_models.modelling.ensemble import is_ensemble
 from kallos_models.stage_settings import TuneSettings, study_name_for, tune_settings
 from kallos_models.stages.tune.interrupts import finish_before_stopping
 from kallos_models.stages.tune.objective import Job, SearchSpaceFn, owner_tag, prepare, replace_job
@@ -247,6 +248,12 @@ def tune(
     import optuna
 
     started = time.time()
+    if is_ensemble(settings.model_name):
+        raise ConfigError(
+            "an ensemble is trained, not tuned: tune each member (--model-name gru, then "
+            "lightgbm ...), then `kallos-run train --model-name ensemble --members ... "
+            "--member-params NAME=FILE` with the params files tune wrote"
+        )
     zoo.get_spec(settings.model_name)  # unknown model: ModelError listing the names
     settings = settings if isinstance(settings, TuneSettings) else tune_settings(settings)
     fitting.check_accelerator(settings.trainer.accelerator)  # before any data is read
