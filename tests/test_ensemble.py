@@ -80,6 +80,8 @@ def test_members_are_checked_before_any_data_is_read() -> None:
         ensemble.EnsembleSpec.from_flags("gru,linear", None, None, ["lstm=x.json"])
     with pytest.raises(ConfigError, match="takes NAME=FILE"):
         ensemble.EnsembleSpec.from_flags("gru,linear", None, None, ["gru"])
+    with pytest.raises(ConfigError, match="the mean has no weights"):
+        ensemble.EnsembleSpec.from_flags("gru,linear", "mean", 100)
     with pytest.raises(ConfigError, match="whole number of bars >= 10"):
         ensemble.EnsembleSpec.from_flags("gru,linear", "regression", 3)
     spec = ensemble.EnsembleSpec.from_flags("gru,linear", "mean", None, ["gru=g.json"])

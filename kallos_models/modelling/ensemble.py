@@ -5,12 +5,14 @@
 the zoo's defaults) and combines them with one of Darts' ensemble models:
 
 - ``regression`` (:class:`darts.models.RegressionEnsembleModel`): the members are fit on all
-  training rows but the last ``train_bars``; their one-step forecasts of those bars
-  (``train_using_historical_forecasts``: each forecast from the bars before it, as evaluate
-  forecasts) are the features of a linear regression onto the actual target, whose
-  coefficients are the learned weights; then the members are refit on all training rows.
-  The weights are learned on forecasts of bars the members did not train on, and every bar
-  involved is a training row: nothing of the hold-out is seen.
+  training rows but the last ``train_bars``; their forecasts of those bars
+  (``train_using_historical_forecasts``: each from the bars before it, one step ahead when
+  every member's ``output_chunk_length`` is 1, as evaluate forecasts) are the features of a
+  linear regression (no intercept) onto the actual target, whose coefficients are the learned
+  weights; then the members are refit on all training rows. The weights are learned on
+  forecasts of bars the members did not fit on (the preprocessing, like every fit of a
+  bundle, is fit on all training rows), and every bar involved is a training row: nothing of
+  the hold-out is seen.
 - ``mean`` (:class:`darts.models.NaiveEnsembleModel`): the members' plain mean, no weights.
 
 The result is one Darts model: evaluate, predict, compare and the conformal wrapper use it
@@ -169,6 +171,11 @@ class EnsembleSpec:
         if not members:
             raise ConfigError(
                 "--model-name ensemble needs --members, e.g. --members gru,lightgbm,linear"
+            )
+        if method == "mean" and train_bars is not None:
+            raise ConfigError(
+                "--ensemble-train-bars sets the bars the regression ensemble learns its weights "
+                "on; the mean has no weights: drop it, or use --ensemble-method regression"
             )
         names = parse_members(members)
         return cls(
