@@ -84,6 +84,9 @@ def test_members_are_checked_before_any_data_is_read() -> None:
         ensemble.EnsembleSpec.from_flags("gru,linear", "mean", 100)
     with pytest.raises(ConfigError, match="whole number of bars >= 10"):
         ensemble.EnsembleSpec.from_flags("gru,linear", "regression", 3)
+    # `kallos-run models` names it after the zoo (it is not an entry of the zoo's JSON)
+    listing = run_cli("models")
+    assert listing.exit_code == 0 and listing.stdout.splitlines()[-1].startswith("ensemble ")
     spec = ensemble.EnsembleSpec.from_flags("gru,linear", "mean", None, ["gru=g.json"])
     assert spec.darts_class == "darts.models.NaiveEnsembleModel"
     assert spec.member_params == {"gru": "g.json"}

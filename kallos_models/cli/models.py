@@ -73,6 +73,10 @@ def _model_lines(rows: list[dict[str, Any]]) -> list[str]:
         note = f"  ({'; '.join(notes)})" if notes else ""
         lines.append(f"{row['name']:<12} {row['darts_class']}  {row['description']}{note}")
         lines += [f"    {param:<22} {space}" for param, space in row["tunable"].items()]
+    lines.append(
+        f"{'ensemble':<12} several of the above combined (train --model-name ensemble "
+        "--members A,B,...; trained, not tuned)"
+    )
     return lines
 
 
