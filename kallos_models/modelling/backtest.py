@@ -33,6 +33,7 @@ import pandas as pd
 from kallos_models.config import BacktestMode, timeframe_to_timedelta
 from kallos_models.errors import ConfigError, DataError
 from kallos_models.files import json_float
+from kallos_models.modelling.intervals import frame_quantiles
 
 __all__ = [
     "CURVE_COLUMNS",
@@ -131,19 +132,6 @@ def bars_per_year(timeframe: str) -> float:
         ``timeframe`` is not a bar size (see :func:`kallos_models.config.timeframe_to_timedelta`).
     """
     return pd.Timedelta(days=365) / timeframe_to_timedelta(timeframe)
-
-
-def _quantile_columns(forecasts: pd.DataFrame) -> dict[float, np.ndarray]:
-    """The price quantile columns (``q0.05``, ...) of a forecast frame, by quantile."""
-    found = {}
-    for column in forecasts.columns:
-        name = str(column)
-        if name.startswith("q"):
-            try:
-                found[float(name[1:])] = forecasts[column].to_numpy(dtype="float64")
-            except ValueError:
-                continue
-    return dict(sorted(found.items()))
 
 
 def signal_positions(
@@ -287,7 +275,7 @@ def _simulate(
         origin,
         mode=config.mode,
         threshold=float(config.threshold),
-        quantiles=_quantile_columns(forecasts),
+        quantiles=frame_quantiles(forecasts),
     )
     fee_rate = float(config.fee_bps) / 1e4
     bar_return = actual / origin - 1.0

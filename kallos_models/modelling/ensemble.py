@@ -41,6 +41,10 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: Member name -> ``(params to fit with, checked Darts kwargs)``, as
+#: :meth:`EnsembleSpec.resolved_params` returns them.
+Resolved = Mapping[str, tuple[Mapping[str, Any], Mapping[str, Any]]]
+
 __all__ = [
     "DEFAULT_TRAIN_BARS",
     "ENSEMBLE",
@@ -203,22 +207,20 @@ class EnsembleSpec:
             for name in self.members
         }
 
-    def record(
-        self, used: Mapping[str, Mapping[str, Any]], model: Any | None = None
-    ) -> dict[str, Any]:
+    def record(self, resolved: Resolved, model: Any | None = None) -> dict[str, Any]:
         """The manifest's ``ensemble`` entry: method, Darts class, members (name, Darts
         class, params, chunk lengths, params file) and, for ``regression``, the learned
         weights of the fitted ``model``."""
         members = []
         for name in self.members:
-            spec = zoo.get_spec(name)
-            icl, ocl = zoo.chunk_lengths(zoo.validate_params(name, used[name]))
+            used, checked = resolved[name]
+            icl, ocl = zoo.chunk_lengths(checked)
             source = self.member_params.get(name)
             members.append(
                 {
                     "model_name": name,
-                    "darts_class": spec.darts_class,
-                    "params": dict(used[name]),
+                    "darts_class": zoo.get_spec(name).darts_class,
+                    "params": dict(used),
                     "input_chunk_length": icl,
                     "output_chunk_length": ocl,
                     "params_file": str(source) if isinstance(source, (str, Path)) else None,
@@ -243,15 +245,15 @@ def weights(model: Any) -> list[float] | None:
     return [float(c) for c in list(getattr(coef, "ravel", lambda: coef)())]
 
 
-def chunk_lengths(spec: EnsembleSpec, used: Mapping[str, Mapping[str, Any]]) -> tuple[int, int]:
+def chunk_lengths(resolved: Resolved) -> tuple[int, int]:
     """The ensemble's lookback (its members' longest) and ``output_chunk_length`` (shortest)."""
-    lengths = [zoo.chunk_lengths(zoo.validate_params(n, used[n])) for n in spec.members]
+    lengths = [zoo.chunk_lengths(checked) for _, checked in resolved.values()]
     return max(icl for icl, _ in lengths), min(ocl for _, ocl in lengths)
 
 
 def fit_ensemble(
     spec: EnsembleSpec,
-    used: Mapping[str, Mapping[str, Any]],
+    resolved: Resolved,
     prepared: PreparedSeries,
     *,
     seed: int = 42,
@@ -273,7 +275,7 @@ def fit_ensemble(
 
     from kallos_models.errors import DataError
 
-    icl, ocl = chunk_lengths(spec, used)
+    icl, ocl = chunk_lengths(resolved)
     needed = icl + ocl + (spec.train_bars if spec.method == "regression" else 0)
     n_train = len(prepared.train_target)
     if n_train < needed:
@@ -288,7 +290,7 @@ def fit_ensemble(
     fitting.seed_everything(seed)
     members = []
     for name in spec.members:
-        params = used[name]
+        params = resolved[name][0]
         if zoo.get_spec(name).deep:
             member = zoo.create_model(
                 name,

@@ -50,6 +50,7 @@ __all__ = [
     "check_after_calibration",
     "check_quantiles",
     "evaluate_intervals",
+    "frame_quantiles",
     "interval_levels",
     "interval_metrics",
     "naive_quantiles",
@@ -73,6 +74,20 @@ MIN_NAIVE_RETURNS = 20
 def quantile_column(q: float, prefix: str = "q") -> str:
     """Column name of quantile ``q`` in a forecast frame: ``q0.05``, ``naive_q0.05``."""
     return f"{prefix}{float(q):g}"
+
+
+def frame_quantiles(frame: Any, prefix: str = "q") -> dict[float, np.ndarray]:
+    """The quantile columns of a forecast frame (named by :func:`quantile_column`) as float64
+    arrays, by quantile, lowest first; ``{}`` for a point forecast."""
+    found = {}
+    for column in frame.columns:
+        name = str(column)
+        if name.startswith(prefix):
+            try:
+                found[float(name[len(prefix) :])] = frame[column].to_numpy(dtype="float64")
+            except ValueError:
+                continue
+    return dict(sorted(found.items()))
 
 
 def check_quantiles(quantiles: Sequence[Any]) -> tuple[float, ...]:

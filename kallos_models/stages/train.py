@@ -196,7 +196,7 @@ def train_model(
     if members is not None:
         resolved = members.resolved_params(max_epochs=s.trainer.max_epochs, seed=s.trainer.seed)
         used_params = {name: used for name, (used, _) in resolved.items()}
-        input_chunk_length, output_chunk_length = ensemble.chunk_lengths(members, used_params)
+        input_chunk_length, output_chunk_length = ensemble.chunk_lengths(resolved)
         darts_class, deep = members.darts_class, any(zoo.get_spec(m).deep for m in members.members)
     else:
         spec = zoo.get_spec(model_name)
@@ -244,7 +244,7 @@ def train_model(
     )
     if members is not None:
         fit = ensemble.fit_ensemble(
-            members, used_params, prepared, seed=s.trainer.seed, trainer_kwargs=trainer_kwargs
+            members, resolved, prepared, seed=s.trainer.seed, trainer_kwargs=trainer_kwargs
         )
     else:
         fit = fitting.fit_forecaster(
@@ -304,7 +304,7 @@ def train_model(
         "training_seconds": round(fit.seconds, 3),
     }
     if members is not None:
-        manifest["ensemble"] = members.record(used_params, fit.model)
+        manifest["ensemble"] = members.record(resolved, fit.model)
     if spec_iv is not None:
         calibration = (
             {
