@@ -21,7 +21,7 @@ import io
 import json
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin, get_type_hints
@@ -82,7 +82,10 @@ class Settings:
     # data and database
     db_url: str | None = None
     db_kwargs: dict[str, Any] | None = None
+    #: One asset, or a basket for one global model: a comma list (a list in config.json)
     asset_id: str | None = None
+    #: The short name of a basket's files and study; None: made from the basket
+    run_name: str | None = None
     timeframe: str = "1d"
     start_date: str | None = None
     max_gap_bars: int = 16
@@ -167,6 +170,8 @@ def parse_date(value: str | pd.Timestamp | None, name: str) -> pd.Timestamp | No
 
 def _coerce(name: str, value: Any, source: str) -> Any:
     """Convert ``value`` (possibly a string from the environment) to the field's type."""
+    if name == "asset_id" and isinstance(value, list):  # a basket, as config.json may hold it
+        return ",".join(asset_list(value))
     hints = get_type_hints(Settings)
     tp = hints[name]
     args = [a for a in get_args(tp) if a is not type(None)]
@@ -209,6 +214,28 @@ def _coerce(name: str, value: Any, source: str) -> Any:
     return value
 
 
+def asset_list(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """The assets an ``asset_id`` names, in order: one id, or a basket as a comma list
+    (``"BTC, ETH,SOL"``) or a list (config.json); None gives ``()``. ConfigError for an
+    empty entry or an asset named twice."""
+    if value is None:
+        return ()
+    parts = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    assets = tuple(part.strip() for part in parts)
+    if any(not asset for asset in assets):
+        raise ConfigError(
+            f"asset_id {value!r} has an empty entry; name each asset once, separated by "
+            "commas, e.g. --asset-id BTC,ETH,SOL"
+        )
+    twice = sorted({a for a in assets if assets.count(a) > 1})
+    if twice:
+        raise ConfigError(
+            f"asset_id {value!r} names {', '.join(twice)} more than once; list each asset of "
+            "the basket once"
+        )
+    return assets
+
+
 def _build(values: Mapping[str, Any], source: str) -> Settings:
     kwargs = {k: _coerce(k, v, source) for k, v in values.items()}
     if "timeframe" in kwargs:
@@ -220,6 +247,7 @@ def _build(values: Mapping[str, Any], source: str) -> Settings:
 
 def _validate(s: Settings) -> None:
     normalise_timeframe(s.timeframe)  # a bad bar size fails here, naming it
+    asset_list(s.asset_id)  # an empty entry or a repeated asset fails here
     if s.accelerator not in ACCELERATORS:
         raise ConfigError(
             f"accelerator {s.accelerator!r} is not one of {', '.join(ACCELERATORS)} "

@@ -21,7 +21,7 @@ import math
 import os
 import re
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import date, datetime
 from pathlib import Path
 from typing import IO, Any
@@ -87,6 +87,33 @@ def run_stem(*ids: str, timeframe: str) -> str:
     if str(timeframe) != DEFAULT_TIMEFRAME:
         parts.append(safe_file_stem(timeframe))
     return "_".join(parts)
+
+
+def basket_name(assets: Sequence[str], run_name: str | None = None) -> str:
+    """The short name of a basket of assets, used in its files and study names.
+
+    Parameters
+    ----------
+    assets : sequence of str
+        The basket, two or more assets (the manifest keeps the full list). No default.
+    run_name : str or None, default None
+        The user's choice (``--run-name``); returned as is when given.
+
+    Returns
+    -------
+    str
+        ``run_name``; else the assets joined by ``-`` (``BTC-ETH-SOL``) for up to four
+        assets of at most 40 characters in all; else the first three, the count of the rest
+        and 8 hex digits of the whole list's sha256 (``BTC-ETH-SOL-17more-3fa2c1d0``), so
+        that two long baskets never share a name.
+    """
+    if run_name:
+        return str(run_name)
+    joined = "-".join(assets)
+    if len(assets) <= 4 and len(joined) <= 40:
+        return joined
+    digest = hashlib.sha256("\n".join(assets).encode("utf-8")).hexdigest()[:8]
+    return f"{'-'.join(assets[:3])}-{len(assets) - 3}more-{digest}"
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:

@@ -26,9 +26,9 @@ from kallos_models.stage_settings import evaluate_settings, train_settings, tune
 if TYPE_CHECKING:
     import optuna
 
+    from kallos_models.live_settings import PredictSettings
     from kallos_models.modelling.ensemble import EnsembleSpec
     from kallos_models.modelling.intervals import IntervalSpec
-    from kallos_models.stage_settings import PredictSettings
     from kallos_models.stages.evaluate import EvaluationResult
     from kallos_models.stages.predict import PredictResult
     from kallos_models.stages.train import TrainResult

@@ -4,7 +4,8 @@ The import graph is built from the source (every ``import`` and ``from ... impor
 level or inside a function, since a lazy import is still a dependency). Layers, lowest first
 (documentation/architecture.md):
 
-    0  kallos_models (package), errors, config, files, urls, signals, stage_settings
+    0  kallos_models (package), errors, config, files, urls, signals, stage_settings,
+       live_settings
     1  data.*
     2  modelling.*
     3  stages.*       (a stage never imports another stage)
@@ -78,7 +79,16 @@ def import_graph() -> dict[str, set[str]]:
 def layer(module: str) -> int:
     short = module[len(PACKAGE) + 1 :] if module != PACKAGE else ""
     top = short.split(".")[0]
-    if top in ("", "errors", "config", "files", "urls", "signals", "stage_settings"):
+    if top in (
+        "",
+        "errors",
+        "config",
+        "files",
+        "urls",
+        "signals",
+        "stage_settings",
+        "live_settings",
+    ):
         return 0
     if top == "data":
         return 1

@@ -326,7 +326,7 @@ def test_score_on_a_database_without_forecasts(sqlite_url, tmp_path):
 
 def test_score_settings_refuse_bad_values():
     from kallos_models.config import Settings
-    from kallos_models.stage_settings import score_settings
+    from kallos_models.live_settings import score_settings
 
     with pytest.raises(ConfigError, match="--window"):
         score_settings(Settings(), window=1)

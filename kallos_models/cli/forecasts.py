@@ -34,8 +34,10 @@ logger = logging.getLogger("kallos_models")
     help="The bundle's .pt file, or models:/NAME@ALIAS / models:/NAME/VERSION.",
 )
 @asset_id_option(
-    help="Asset to forecast; checked against the bundle [default: the bundle's; the asset_id "
-    "setting of the environment or config.json does not apply]."
+    metavar="ID[,ID...]",
+    help="Asset to forecast; checked against the bundle; for a global model one or more "
+    "assets of its basket [default: the bundle's, all of a basket; the asset_id setting of "
+    "the environment or config.json does not apply].",
 )
 @timeframe_option(help="Checked against the bundle's timeframe [default: the bundle's].")
 @click.option(
@@ -96,7 +98,7 @@ def predict(
           --max-age 12h --tracking-uri sqlite:///mlflow.db
     """
     from kallos_models import pipeline
-    from kallos_models.stage_settings import predict_settings
+    from kallos_models.live_settings import predict_settings
 
     # the bundle says which asset: only the flag is checked against it, not a config's asset_id
     s = settings(ctx, **flags).replace(asset_id=asset_id)
@@ -161,7 +163,7 @@ def score(ctx: click.Context, asset_id, timeframe, model, last, window, max_rati
     Example:
       kallos-run score --asset-id BTC --last 30d --max-ratio 1.05
     """
-    from kallos_models.stage_settings import score_settings
+    from kallos_models.live_settings import score_settings
     from kallos_models.stages.score import score as score_stage
 
     s = settings(ctx, **flags).replace(asset_id=asset_id)  # all assets unless the flag says

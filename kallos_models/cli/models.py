@@ -16,6 +16,8 @@ from kallos_models.cli.options import (
     CONTEXT_SETTINGS,
     asset_id_option,
     asset_options,
+    basket_option,
+    basket_options,
     db_option,
     echo_json,
     end_date_option,
@@ -114,7 +116,7 @@ def _ensemble_spec(
 
 @click.command(context_settings=CONTEXT_SETTINGS)
 @model_option
-@asset_options
+@basket_options
 @end_date_option
 @start_date_option
 @click.option(
@@ -197,7 +199,10 @@ def train(
     """Train the final model on all data up to the end date and write its bundle.
 
     Writes {model}_{asset}.pt (+ .ckpt), _scaler.pkl and _manifest.json, with _{timeframe}
-    after the asset unless it is 1d (gru_BTC_4h.pt); prints their paths as JSON. With a
+    after the asset unless it is 1d (gru_BTC_4h.pt); prints their paths as JSON. With
+    --asset-id BTC,ETH,SOL one global model learns from every asset's series, each scaled on
+    its own rows and named by static covariates; its files carry the basket's short name
+    (gru_BTC-ETH-SOL_4h.pt, or --run-name) and the manifest lists the basket. With a
     tracking URI the run is logged to MLflow and the bundle registered as a new version of
     {model}_{asset}_{timeframe}. With --quantiles or --conformal, evaluate and predict report
     intervals. --model-name ensemble --members A,B,... trains one bundle of several zoo models
@@ -211,6 +216,8 @@ def train(
           --params-file lightgbm_BTC_best_params.json --conformal --calibration-bars 250
       kallos-run train --model-name ensemble --members gru,lightgbm,linear --asset-id BTC \\
           --end-date 2024-06-30 --member-params gru=gru_BTC_best_params.json
+      kallos-run train --model-name gru --asset-id BTC,ETH,SOL --timeframe 4h \\
+          --end-date 2024-06-30 --params-file gru_params.json
     """
     from kallos_models import pipeline
     from kallos_models.modelling.intervals import IntervalSpec
@@ -233,7 +240,10 @@ def train(
 
 @click.command(context_settings=CONTEXT_SETTINGS)
 @model_option
-@asset_id_option
+@basket_option(
+    help="Asset, e.g. BTC; for a global model one or more assets of its basket, e.g. "
+    "BTC,ETH [default: none; with a global model's short name, all]."
+)
 @click.option(
     "--model-path",
     required=True,
@@ -303,6 +313,8 @@ def evaluate(
     timeframe other than 1d); prints the metrics. With a tracking URI they are logged to the
     run of the bundle's registered version. With --retrain-every N the bundle's recipe is
     refit every N bars (a retraining backtest, not tracked); the JSON adds n_refits, refits.
+    A global model is judged on each asset chosen from its basket (each asset's own files),
+    then pooled: {basket}_evaluation_metrics.json has per_asset and pooled (mean RMSE ratio).
 
     \b
     Example:
@@ -313,6 +325,9 @@ def evaluate(
           --test-start-date 2024-07-01 --test-end-date 2025-07-04 --tracking-uri sqlite:///mlflow.db
       kallos-run evaluate --asset-id BTC --model-path trained_models/gru_BTC.pt \\
           --test-start-date 2024-07-01 --test-end-date 2025-06-30 --retrain-every 30
+      kallos-run evaluate --asset-id BTC,ETH,SOL \\
+          --model-path trained_models/gru_BTC-ETH-SOL_4h.pt \\
+          --test-start-date 2024-07-01 --test-end-date 2025-07-04
     """
     from kallos_models import pipeline
 

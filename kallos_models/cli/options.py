@@ -89,6 +89,19 @@ db_option = SharedOption(
 asset_id_option = SharedOption(
     "--asset-id", default=None, metavar="ID", help="Asset identifier, e.g. BTC."
 )
+basket_option = SharedOption(
+    "--asset-id",
+    default=None,
+    metavar="ID[,ID...]",
+    help="Asset, e.g. BTC; or a basket, e.g. BTC,ETH,SOL: one global model over all of them.",
+)
+run_name_option = SharedOption(
+    "--run-name",
+    default=None,
+    metavar="NAME",
+    help="Short name of a basket's files, study and registered model [default: its assets "
+    "joined by -, e.g. BTC-ETH-SOL].",
+)
 timeframe_option = SharedOption(
     "--timeframe",
     default=None,
@@ -152,6 +165,11 @@ def output_option(default_text: str) -> Callable[[Callable], Callable]:
 def asset_options(func: Callable) -> Callable:
     """`--asset-id` and `--timeframe`, in that order."""
     return asset_id_option(timeframe_option(func))
+
+
+def basket_options(func: Callable) -> Callable:
+    """`--asset-id` (one asset or a basket), `--run-name` and `--timeframe`, in that order."""
+    return basket_option(run_name_option(timeframe_option(func)))
 
 
 def configure_logging(verbose: int, quiet: bool) -> None:

@@ -387,8 +387,8 @@ def check_key(asset_id: str, timeframe: str) -> None:
     Parameters
     ----------
     asset_id : str
-        1 to :data:`ASSET_ID_MAX` (64) characters, no control characters, no leading or
-        trailing whitespace. No default.
+        1 to :data:`ASSET_ID_MAX` (64) characters, no control characters, no comma, no
+        leading or trailing whitespace. No default.
     timeframe : str
         Likewise, at most :data:`TIMEFRAME_MAX` (16) characters. No default.
 
@@ -406,8 +406,8 @@ def check_key(asset_id: str, timeframe: str) -> None:
             shown = repr(value[:24]) + ("..." if len(value) > 24 else "")
             raise DataError(
                 f"{name.split(' ', 1)[1]} {shown} {problem}; {name} must be 1-{limit} "
-                "characters without control characters or leading/trailing whitespace; pass "
-                f"e.g. {flag}"
+                "characters without control characters, commas or leading/trailing whitespace; "
+                f"pass e.g. {flag}"
             )
 
 
@@ -420,6 +420,8 @@ def _key_problem(value: str, limit: int) -> str | None:
         return "holds a control character"
     if value != value.strip():
         return "has leading or trailing whitespace"
+    if "," in value:
+        return "holds a comma (commas separate the assets of a basket, one global model's)"
     return None
 
 

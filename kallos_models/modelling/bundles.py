@@ -5,7 +5,7 @@ the default ``1d``) the timeframe (:func:`kallos_models.files.run_stem`)::
 
     {stem}.pt              the Darts model object (its ``save``)
     {stem}.pt.ckpt         its Lightning checkpoint (weights), written by Darts beside it
-    {stem}_scaler.pkl      the fitted FeaturePreprocessor (pickle)
+    {stem}_scaler.pkl      the fitted FeaturePreprocessor (a BasketPreprocessor: global)
     {stem}_manifest.json   parameters, data range, versions, sha256 of the others, its digest
 
 A regression model of the zoo (``linear``, ``lightgbm``) has no checkpoint: its ``.pt`` holds
@@ -52,10 +52,10 @@ from kallos_models.files import (
     sha256_file,
 )
 from kallos_models.modelling import bundle_files, intervals
+from kallos_models.modelling.basket import PREPROCESSOR_TYPES, Preprocessor
 from kallos_models.modelling.bundle_files import BUNDLE_FORMAT, BundlePaths, bundle_paths
 from kallos_models.modelling.ensemble import ENSEMBLE, member_files, remove_stale_members
 from kallos_models.modelling.fitting import cuda_available
-from kallos_models.modelling.preprocessing import FeaturePreprocessor
 
 logger = logging.getLogger(__name__)
 
@@ -171,7 +171,7 @@ def save_bundle(
     model_name: str,
     asset_id: str,
     model: Any,
-    preprocessor: FeaturePreprocessor,
+    preprocessor: Preprocessor,
     manifest: Mapping[str, Any],
     *,
     overwrite: bool = False,
@@ -189,7 +189,7 @@ def save_bundle(
         ``timeframe`` is in them too unless it is the default. No default.
     model : darts TorchForecastingModel
         A fitted model. No default.
-    preprocessor : FeaturePreprocessor
+    preprocessor : FeaturePreprocessor or BasketPreprocessor
         The preprocessing fit on the model's training rows. No default.
     manifest : Mapping[str, Any]
         What to record (parameters, data range, ...); JSON-able, with timestamps, paths and
@@ -230,7 +230,7 @@ def save_bundle(
         output_dir, model_name, asset_id, str(manifest.get("timeframe") or DEFAULT_TIMEFRAME)
     )
     check_overwrite(paths, overwrite=overwrite)
-    if not isinstance(preprocessor, FeaturePreprocessor) or not preprocessor.fitted:
+    if not isinstance(preprocessor, PREPROCESSOR_TYPES) or not preprocessor.fitted:
         raise ArtifactError(
             "the preprocessor is not a fitted FeaturePreprocessor; save the one returned by "
             "prepare_darts_timeseries"
@@ -326,7 +326,7 @@ class LoadedBundle:
     """
 
     model: Any
-    preprocessor: FeaturePreprocessor
+    preprocessor: Preprocessor
     manifest: dict[str, Any]
     paths: BundlePaths
 
@@ -479,7 +479,7 @@ def load_bundle(
 
     with open(scaler_file, "rb") as handle:
         preprocessor = pickle.load(handle)
-    if not isinstance(preprocessor, FeaturePreprocessor):
+    if not isinstance(preprocessor, PREPROCESSOR_TYPES):
         raise ArtifactError(
             f"scaler file {scaler_file} holds a {type(preprocessor).__name__}, not a "
             "FeaturePreprocessor; pass the bundle's _scaler.pkl"

@@ -1,9 +1,7 @@
 """Fit one Darts forecaster on prepared series: trainer settings, seeding, early stopping.
 
-Shared by :mod:`kallos_models.stages.train` (final training, no validation) and
-:mod:`kallos_models.stages.tune.api` (one fit per walk-forward fold, early stopping on the fold's
-validation rows). Torch, Lightning and Darts are imported inside the functions, so importing
-this module stays cheap.
+Shared by training (no validation) and tuning (per fold, early stopping on its validation
+rows), for one asset's series or a basket's lists. Heavy imports happen inside the functions.
 """
 
 from __future__ import annotations
@@ -287,15 +285,47 @@ def _strip_callbacks(model: Any, internal: Sequence[Any]) -> None:
             ]
 
 
-def _check_train_length(model_name: str, prepared: PreparedSeries, icl: int, ocl: int) -> int:
-    n_train = len(prepared.train_target)
+def _as_list(value: Any) -> list[Any]:
+    """A global model's list of series as it is, one series as a list of one."""
+    return list(value) if isinstance(value, (list, tuple)) else [value]
+
+
+def _described(series: Any) -> str:
+    """``a 500-point target series``, or ``3 target series of 400-900 points``."""
+    sizes = [len(s) for s in _as_list(series)]
+    if len(sizes) == 1:
+        return f"a {sizes[0]}-point target series"
+    return f"{len(sizes)} target series of {min(sizes)}-{max(sizes)} points"
+
+
+def _check_train_length(model_name: str, prepared: PreparedSeries, icl: int, ocl: int) -> None:
+    n_train = min(len(series) for series in _as_list(prepared.train_target))
     if n_train < icl + ocl:
         raise DataError(
             f"training series has {n_train} rows, but model {model_name!r} needs at least "
             f"{icl + ocl} (input_chunk_length {icl} + output_chunk_length {ocl}); load more "
             "history or lower input_chunk_length"
         )
-    return n_train
+
+
+def _validation_series(prepared: PreparedSeries, model_name: str, icl: int, ocl: int) -> Any:
+    """Each validation target with the ``icl`` target rows before it (its first lookback)."""
+    out = []
+    for val, full in zip(_as_list(prepared.val_target), _as_list(prepared.target), strict=True):
+        if len(val) < ocl:
+            raise DataError(
+                f"validation series has {len(val)} rows, but model {model_name!r} needs at "
+                f"least output_chunk_length = {ocl}; lengthen the validation range"
+            )
+        first_val = val.start_time()
+        position = full.get_index_at_point(first_val)
+        if position < icl:
+            raise DataError(
+                f"the validation range starting {first_val} has only {position} earlier target "
+                f"rows, but input_chunk_length is {icl}; load more history"
+            )
+        out.append(full[position - icl :])
+    return out if isinstance(prepared.val_target, (list, tuple)) else out[0]
 
 
 def _fit_regression(
@@ -318,7 +348,7 @@ def _fit_regression(
     random.seed(seed)
     np.random.seed(seed % 2**32)
     model = architectures.create_model(model_name, params, random_state=seed, quantiles=quantiles)
-    logger.info("fitting %s on a %d-point target series", model_name, len(prepared.train_target))
+    logger.info("fitting %s on %s", model_name, _described(prepared.train_target))
     started = time.perf_counter()
     with surface_interrupts():
         model.fit(series=prepared.train_target, past_covariates=prepared.train_covariates)
@@ -361,8 +391,9 @@ def fit_forecaster(
     params : Mapping[str, Any]
         Hyperparameters (Darts names plus ``learning_rate`` and ``n_epochs``); missing ones
         come from the registry defaults.
-    prepared : PreparedSeries
-        Output of :func:`kallos_models.data.datasets.prepare_darts_timeseries`.
+    prepared : PreparedSeries or PreparedBasket
+        One asset's series, or a basket's lists (a global model, see
+        :mod:`kallos_models.modelling.basket`).
     max_epochs : int or None, default None
         Cap on the epochs: ``min(params["n_epochs"], max_epochs)`` when both are given, else
         the one given, else the registry default (100).
@@ -411,7 +442,7 @@ def fit_forecaster(
         quantiles=quantiles,
     )
     input_chunk_length, output_chunk_length = architectures.chunk_lengths(kwargs)
-    n_train = _check_train_length(model_name, prepared, input_chunk_length, output_chunk_length)
+    _check_train_length(model_name, prepared, input_chunk_length, output_chunk_length)
 
     fit_kwargs: dict[str, Any] = {
         "series": prepared.train_target,
@@ -424,20 +455,6 @@ def fit_forecaster(
             raise ConfigError(
                 f"early_stopping_patience must be at least 1, got {early_stopping_patience}"
             )
-        n_val = len(prepared.val_target)
-        if n_val < output_chunk_length:
-            raise DataError(
-                f"validation series has {n_val} rows, but model {model_name!r} needs at least "
-                f"output_chunk_length = {output_chunk_length}; lengthen the validation range"
-            )
-        first_val = prepared.val_target.start_time()
-        position = prepared.target.get_index_at_point(first_val)
-        start = position - input_chunk_length
-        if start < 0:
-            raise DataError(
-                f"the validation range starting {first_val} has only {position} earlier target "
-                f"rows, but input_chunk_length is {input_chunk_length}; load more history"
-            )
         from pytorch_lightning.callbacks import EarlyStopping
 
         internal.append(
@@ -445,7 +462,9 @@ def fit_forecaster(
                 monitor="val_loss", mode="min", patience=early_stopping_patience, min_delta=0.0
             )
         )
-        fit_kwargs["val_series"] = prepared.target[start:]
+        fit_kwargs["val_series"] = _validation_series(
+            prepared, model_name, input_chunk_length, output_chunk_length
+        )
         fit_kwargs["val_past_covariates"] = prepared.covariates
 
     callbacks = [*base_kwargs.get("callbacks", []), *internal, *extra_callbacks]
@@ -461,11 +480,11 @@ def fit_forecaster(
         quantiles=quantiles,
     )
     logger.info(
-        "fitting %s on a %d-point target series for up to %d epochs%s",
+        "fitting %s on %s for up to %d epochs%s",
         model_name,
-        n_train,
+        _described(prepared.train_target),
         n_epochs,
-        "" if prepared.val_target is None else f" ({len(prepared.val_target)} validation points)",
+        "" if prepared.val_target is None else f" (validation: {_described(prepared.val_target)})",
     )
     started = time.perf_counter()
     with surface_interrupts():

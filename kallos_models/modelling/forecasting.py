@@ -189,7 +189,7 @@ def rolling_forecasts(
     ModelError
         The model produced non-finite forecasts, or Darts did not forecast the bars asked for.
     """
-    from kallos_models.modelling.series import bar_offset, check_grid, to_series
+    from kallos_models.modelling.series import bar_offset, check_grid, target_series, to_series
 
     icl, ocl = model_chunk_lengths(model)
     horizon = check_horizon(horizon, ocl)
@@ -217,7 +217,7 @@ def rolling_forecasts(
         )
 
     covariates = to_series(preprocessor.transform_covariates(frame), offset)
-    target = to_series(preprocessor.transform_target(frame), offset)
+    target = target_series(preprocessor, preprocessor.transform_target(frame), offset)
     first_step = frame.index[pos - (horizon - 1)]
     forecasts = model.historical_forecasts(
         series=target,
@@ -311,7 +311,7 @@ def forecast_after(
         As :func:`rolling_forecasts`.
     """
     from kallos_models.modelling.fitting import surface_interrupts
-    from kallos_models.modelling.series import bar_offset, check_grid, to_series
+    from kallos_models.modelling.series import bar_offset, check_grid, target_series, to_series
 
     icl, ocl = model_chunk_lengths(model)
     horizon = check_horizon(horizon, ocl)
@@ -327,7 +327,7 @@ def forecast_after(
         )
     frame = frame.iloc[-needed:]
     covariates = to_series(preprocessor.transform_covariates(frame), offset)
-    target = to_series(preprocessor.transform_target(frame), offset)
+    target = target_series(preprocessor, preprocessor.transform_target(frame), offset)
     with surface_interrupts():
         predicted = model.predict(
             n=horizon,

@@ -227,3 +227,55 @@ def compute_metrics(
             actual_v - forecast_v, actual_v - naive_v, horizon=horizon
         ),
     }
+
+
+def _mean(values: list[float | None]) -> float | None:
+    finite = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+    return json_float(float(np.mean(finite))) if len(finite) == len(values) and finite else None
+
+
+def pooled_metrics(per_asset: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """Scale-free figures of a global model over its basket, from each asset's metrics.
+
+    Prices differ by orders of magnitude between assets, so errors are never summed across
+    them: each asset's error is first taken relative to its own naive forecast.
+
+    Parameters
+    ----------
+    per_asset : Mapping[str, Mapping]
+        Asset -> the record :func:`compute_metrics` returned for it (with ``n``, ``rmse_ratio``,
+        ``mase``, ``directional_accuracy``). No default.
+
+    Returns
+    -------
+    dict
+        ``rmse_ratio`` (the mean of the per-asset RMSE ratios, the figure tuning minimises by
+        default), ``rmse_ratio_median``, ``rmse_ratio_worst`` (the highest) with
+        ``worst_asset``, ``mase`` (mean), ``directional_accuracy`` (over all forecasts of
+        all assets), ``assets_beating_naive`` (ratio below 1), ``n_assets`` and ``n``
+        (forecasts in all). A mean is None when any asset's value is missing.
+    """
+    ratios = {asset: record.get("rmse_ratio") for asset, record in per_asset.items()}
+    known = {a: float(r) for a, r in ratios.items() if r is not None}
+    counts = [int(record.get("n") or 0) for record in per_asset.values()]
+    hits: list[Any] = [record.get("directional_accuracy") for record in per_asset.values()]
+    total = sum(counts)
+    direction: float | None = None
+    if total and all(isinstance(h, (int, float)) for h in hits):
+        direction = json_float(sum(float(h) * n for h, n in zip(hits, counts, strict=True)) / total)
+    worst = max(known, key=lambda a: known[a]) if known else None
+    return {
+        "rmse_ratio": _mean(list(ratios.values())),
+        "rmse_ratio_median": (
+            json_float(float(np.median(list(known.values()))))
+            if len(known) == len(ratios) and known
+            else None
+        ),
+        "rmse_ratio_worst": None if worst is None else json_float(known[worst]),
+        "worst_asset": worst,
+        "mase": _mean([record.get("mase") for record in per_asset.values()]),
+        "directional_accuracy": direction,
+        "assets_beating_naive": sum(1 for r in known.values() if r < 1.0),
+        "n_assets": len(per_asset),
+        "n": total,
+    }

@@ -93,6 +93,11 @@ class FeaturePreprocessor:
         is not a group, a column in two groups, or no feature column at all.
     """
 
+    #: Name -> value attached to every target series of this preprocessor as Darts static
+    #: covariates (a global model's asset identity, set by ``prepare_darts_timeseries``);
+    #: None for a single-asset model (and in bundles saved before global models).
+    static_covariates: dict[str, float] | None = None
+
     def __init__(
         self,
         feature_groups: Mapping[str, Sequence[str]],

@@ -91,6 +91,23 @@ def to_series(frame: pd.DataFrame | pd.Series, offset: pd.DateOffset) -> TimeSer
     )
 
 
+def target_series(
+    preprocessor: FeaturePreprocessor, target: pd.Series, offset: pd.DateOffset
+) -> TimeSeries:
+    """The float32 target series, with the preprocessor's static covariates when it has any.
+
+    A global model's per-asset preprocessors carry the asset's identity
+    (:mod:`kallos_models.modelling.basket`); every target series of that asset, for training
+    and for forecasting, carries it as Darts static covariates, so the model sees the same
+    columns at both times.
+    """
+    series = to_series(target, offset)
+    static = getattr(preprocessor, "static_covariates", None)
+    if static:
+        series = series.with_static_covariates(pd.DataFrame([dict(static)], dtype="float32"))
+    return series
+
+
 def prepare_darts_timeseries(
     train_df: pd.DataFrame,
     val_df: pd.DataFrame | None = None,
@@ -100,6 +117,7 @@ def prepare_darts_timeseries(
     target_transform: str = "log_return",
     group_scalers: Mapping[str, str] | None = None,
     optional_features: Sequence[str] = ("taker_buy_base_asset_volume",),
+    static_covariates: Mapping[str, float] | None = None,
 ) -> PreparedSeries:
     """Fit the preprocessing on ``train_df`` and build float32 Darts series for train and val.
 
@@ -125,6 +143,9 @@ def prepare_darts_timeseries(
     optional_features
         Columns that may be absent or all-NaN and are then dropped; default
         ``("taker_buy_base_asset_volume",)``.
+    static_covariates
+        Name -> value, kept by the preprocessor and attached to every target series built
+        with it (:func:`target_series`); default None: none. A global model's asset identity.
 
     Returns
     -------
@@ -177,6 +198,8 @@ def prepare_darts_timeseries(
         target_transform=target_transform,  # type: ignore[arg-type]  # checked inside
         group_scalers=scalers,
     ).fit(train_df)
+    if static_covariates:
+        preprocessor.static_covariates = {str(k): float(v) for k, v in static_covariates.items()}
 
     train_cov = preprocessor.transform_covariates(train_df)
     train_tgt = preprocessor.transform_target(train_df)
@@ -189,12 +212,12 @@ def prepare_darts_timeseries(
     all_cov = train_cov if val_cov is None else pd.concat([train_cov, val_cov])
     all_tgt = train_tgt if val_tgt is None else pd.concat([train_tgt, val_tgt])
     return PreparedSeries(
-        train_target=to_series(train_tgt, offset),
+        train_target=target_series(preprocessor, train_tgt, offset),
         train_covariates=to_series(train_cov, offset),
-        val_target=None if val_tgt is None else to_series(val_tgt, offset),
+        val_target=None if val_tgt is None else target_series(preprocessor, val_tgt, offset),
         val_covariates=None if val_cov is None else to_series(val_cov, offset),
         covariates=to_series(all_cov, offset),
-        target=to_series(all_tgt, offset),
+        target=target_series(preprocessor, all_tgt, offset),
         preprocessor=preprocessor,
     )
 

@@ -30,6 +30,7 @@ import pandas as pd
 from kallos_models.config import Settings, normalise_timeframe, timeframe_to_timedelta
 from kallos_models.errors import ArtifactError, ConfigError, DataError
 from kallos_models.files import json_float
+from kallos_models.live_settings import PredictSettings, predict_settings
 from kallos_models.modelling.bundles import is_registry_uri
 from kallos_models.modelling.forecasting import (
     check_horizon,
@@ -37,7 +38,6 @@ from kallos_models.modelling.forecasting import (
     lookback_bars,
     model_chunk_lengths,
 )
-from kallos_models.stage_settings import PredictSettings, predict_settings
 
 logger = logging.getLogger(__name__)
 
@@ -229,8 +229,8 @@ def predict(
     DatabaseError
         The database refuses the write of the forecast (pass ``store=False``).
     """
-    from kallos_models.data import datasets, db, forecast_store
-    from kallos_models.modelling import bundle_files, bundles
+    from kallos_models.data import db, forecast_store
+    from kallos_models.modelling import basket, bundles
 
     if is_registry_uri(model_path):
         raise ConfigError(
@@ -240,100 +240,188 @@ def predict(
     s = settings if isinstance(settings, PredictSettings) else predict_settings(settings)
     bundle = bundles.load_bundle(model_path)
     manifest = bundle.manifest
-    asset = str(manifest.get("asset_id") or "")
+    named = str(manifest.get("asset_id") or "")
     timeframe = str(manifest.get("timeframe") or "")
-    if not asset or not timeframe:
+    if not named or not timeframe:
         raise ArtifactError(
             f"the manifest {bundle.paths.manifest} names no asset or timeframe; retrain it"
-        )
-    if s.asset_id is not None and s.asset_id != asset:
-        raise ConfigError(
-            f"asset_id is {s.asset_id!r} but the bundle was trained on {asset!r}; pass "
-            f"--asset-id {asset} or the bundle of a {s.asset_id!r} model"
         )
     if s.timeframe is not None and normalise_timeframe(s.timeframe) != timeframe:
         raise ConfigError(
             f"--timeframe is {s.timeframe} but the bundle was trained on {timeframe} bars; "
             f"drop --timeframe or pass the bundle of a {s.timeframe} model"
         )
+    in_basket = basket.basket_assets(manifest)
+    if in_basket is None:
+        if s.asset_id is not None and s.asset_id != named:
+            raise ConfigError(
+                f"asset_id is {s.asset_id!r} but the bundle was trained on {named!r}; pass "
+                f"--asset-id {named} or the bundle of a {s.asset_id!r} model"
+            )
+        views = {named: bundle}
+    else:  # a global model: each chosen asset of its basket, through its own preprocessing
+        views = {
+            a: basket.asset_view(bundle, a) for a in basket.select_assets(manifest, s.asset_id)
+        }
+    as_of = s.as_of if s.as_of is not None else pd.Timestamp.now(tz="UTC").tz_localize(None)
+    model_id = bundle_identity(manifest)
+    model_name = str(manifest.get("model_name") or "")
+    reg = dict(registered or {})
+    where = str(Path(model_path)) if source is None else source
+    engine = db.create_db_engine(s.database.url)
+    try:
+        made = {
+            asset: _forecast(s, engine, view, asset, timeframe, as_of)
+            for asset, view in views.items()
+        }
+        created = pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s")
+        rows = [
+            row
+            for asset, (path, origin, origin_close) in made.items()
+            for row in _rows(
+                path, asset, timeframe, origin, origin_close, created, model_id, reg, model_name
+            )
+        ]
+        # one statement: every asset's forecast is stored, or none
+        stored = forecast_store.store_forecasts(engine, rows) if s.store else None
+    finally:
+        engine.dispose()
+    records = {
+        asset: _record(
+            views[asset], asset, timeframe, path, origin, origin_close, as_of, where, reg, stored
+        )
+        for asset, (path, origin, origin_close) in made.items()
+    }
+    if in_basket is None:
+        record = records[named]
+    elif len(records) == 1:
+        record = {**next(iter(records.values())), "basket": named}
+    else:
+        record = {
+            "basket": named,
+            "assets": list(records),
+            "stored": None if stored is None else stored.as_dict(),
+            "per_asset": records,
+        }
+    forecasts = (
+        made[named][0]
+        if in_basket is None
+        else pd.concat([path.assign(asset_id=asset) for asset, (path, _, _) in made.items()])
+    )
+    return PredictResult(record=record, forecasts=forecasts)
+
+
+def _forecast(
+    s: PredictSettings,
+    engine: Any,
+    bundle: Any,
+    asset: str,
+    timeframe: str,
+    as_of: pd.Timestamp,
+) -> tuple[pd.DataFrame, pd.Timestamp, float]:
+    """One asset's forecast path after its newest closed bar, the bar and its close."""
+    from kallos_models.data import datasets
+    from kallos_models.modelling import bundle_files
+
+    manifest = bundle.manifest
     model, preprocessor = bundle.model, bundle.preprocessor
     icl, ocl = model_chunk_lengths(model)
     steps = check_horizon(s.horizon, ocl)
     bar = timeframe_to_timedelta(timeframe)
-    as_of = s.as_of if s.as_of is not None else pd.Timestamp.now(tz="UTC").tz_localize(None)
     max_age = s.max_age if s.max_age is not None else 2 * bar
+    origin = _origin(engine, asset, timeframe, as_of, max_age)
+    _check_out_of_sample(origin, manifest, bar, as_of)
+    history = bundle.history(steps)
+    needed = lookback_bars(icl, 1, preprocessor.target_transform) + history
+    expected = pd.date_range(end=origin, periods=needed, freq=bar, name="open_time")
+    columns = list(dict.fromkeys([preprocessor.target_col, *preprocessor.feature_columns]))
+    frame = datasets.load_features_from_db(
+        asset,
+        origin,
+        engine,
+        start_date=expected[0],
+        timeframe=timeframe,
+        columns=columns,
+        max_gap_bars=s.max_gap_bars if s.fill_gaps else needed,
+        drop_warmup=True,
+        indicators=bundle_files.manifest_indicators(manifest, columns),
+    )
+    _check_window(frame, expected, asset, timeframe, s.fill_gaps)
+    frame = frame.loc[expected]
+    _check_columns(frame, columns, asset)
+    path = forecast_after(
+        model,
+        preprocessor,
+        frame,
+        horizon=steps,
+        quantiles=bundle.quantiles,
+        history=history,
+    )
+    name = str(manifest.get("model_name") or "")
+    logger.info("%s %s %s: forecast from %s for %s", name, asset, timeframe, origin, path.index[-1])
+    return path, origin, float(frame[preprocessor.target_col].iloc[-1])
 
-    engine = db.create_db_engine(s.database.url)
-    try:
-        origin = _origin(engine, asset, timeframe, as_of, max_age)
-        _check_out_of_sample(origin, manifest, bar, as_of)
-        history = bundle.history(steps)
-        needed = lookback_bars(icl, 1, preprocessor.target_transform) + history
-        expected = pd.date_range(end=origin, periods=needed, freq=bar, name="open_time")
-        columns = list(dict.fromkeys([preprocessor.target_col, *preprocessor.feature_columns]))
-        frame = datasets.load_features_from_db(
-            asset,
-            origin,
-            engine,
-            start_date=expected[0],
-            timeframe=timeframe,
-            columns=columns,
-            max_gap_bars=s.max_gap_bars if s.fill_gaps else needed,
-            drop_warmup=True,
-            indicators=bundle_files.manifest_indicators(manifest, columns),
-        )
-        _check_window(frame, expected, asset, timeframe, s.fill_gaps)
-        frame = frame.loc[expected]
-        _check_columns(frame, columns, asset)
-        path = forecast_after(
-            model,
-            preprocessor,
-            frame,
-            horizon=steps,
-            quantiles=bundle.quantiles,
-            history=history,
-        )
-        model_id = bundle_identity(manifest)
-        name = str(manifest.get("model_name") or "")
-        reg = dict(registered or {})
-        created = pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s")
-        origin_close = float(frame[preprocessor.target_col].iloc[-1])
-        rows = [
-            {
-                "model_id": model_id,
-                "asset_id": asset,
-                "timeframe": timeframe,
-                "origin_time": origin.to_pydatetime(),
-                "step": int(step),
-                "target_time": when.to_pydatetime(),
-                "forecast": float(value),
-                "origin_close": origin_close,
-                "model_name": name,
-                "registered_model": reg.get("name"),
-                "model_version": None if reg.get("version") is None else str(reg["version"]),
-                "created_at": created.to_pydatetime(),
-            }
-            for when, step, value in zip(path.index, path["step"], path["forecast"], strict=True)
-        ]
-        stored = forecast_store.store_forecasts(engine, rows) if s.store else None
-    finally:
-        engine.dispose()
 
-    record: dict[str, Any] = {
+def _rows(
+    path: pd.DataFrame,
+    asset: str,
+    timeframe: str,
+    origin: pd.Timestamp,
+    origin_close: float,
+    created: pd.Timestamp,
+    model_id: str,
+    reg: Mapping[str, Any],
+    name: str,
+) -> list[dict[str, Any]]:
+    """The forecasts table's rows of one asset's forecast path."""
+    return [
+        {
+            "model_id": model_id,
+            "asset_id": asset,
+            "timeframe": timeframe,
+            "origin_time": origin.to_pydatetime(),
+            "step": int(step),
+            "target_time": when.to_pydatetime(),
+            "forecast": float(value),
+            "origin_close": origin_close,
+            "model_name": name,
+            "registered_model": reg.get("name"),
+            "model_version": None if reg.get("version") is None else str(reg["version"]),
+            "created_at": created.to_pydatetime(),
+        }
+        for when, step, value in zip(path.index, path["step"], path["forecast"], strict=True)
+    ]
+
+
+def _record(
+    bundle: Any,
+    asset: str,
+    timeframe: str,
+    path: pd.DataFrame,
+    origin: pd.Timestamp,
+    origin_close: float,
+    as_of: pd.Timestamp,
+    source: str,
+    reg: Mapping[str, Any],
+    stored: Any,
+) -> dict[str, Any]:
+    """The JSON of one asset's forecast."""
+    manifest = bundle.manifest
+    return {
         "asset_id": asset,
         "timeframe": timeframe,
         "model": {
-            "name": name,
+            "name": str(manifest.get("model_name") or ""),
             "registered_model": reg.get("name"),
             "version": reg.get("version"),
-            "bundle_sha256": model_id.removeprefix("sha256:"),
-            "source": str(Path(model_path)) if source is None else source,
+            "bundle_sha256": bundle_identity(manifest).removeprefix("sha256:"),
+            "source": source,
             "train_end": manifest.get("train_end"),
         },
         "as_of": as_of.isoformat(),
         "origin": {"time": origin.isoformat(), "close": json_float(origin_close)},
         "age_hours": json_float((as_of - origin).total_seconds() / 3600),
-        "horizon": steps,
+        "horizon": len(path),
         "steps": [
             {
                 "step": int(step),
@@ -349,5 +437,3 @@ def predict(
         "intervals": _interval_summary(manifest.get("intervals")),
         "stored": None if stored is None else stored.as_dict(),
     }
-    logger.info("%s %s %s: forecast from %s for %s", name, asset, timeframe, origin, path.index[-1])
-    return PredictResult(record=record, forecasts=path)

@@ -26,8 +26,8 @@ import pandas as pd
 
 from kallos_models.config import Settings, normalise_timeframe
 from kallos_models.files import atomic_write, json_float
+from kallos_models.live_settings import ScoreSettings, score_settings
 from kallos_models.modelling.metrics import compute_metrics
-from kallos_models.stage_settings import ScoreSettings, score_settings
 
 logger = logging.getLogger(__name__)
 

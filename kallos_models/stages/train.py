@@ -17,11 +17,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
 from kallos_models.config import Settings
 from kallos_models.data import datasets
 from kallos_models.data.features import resolve_indicators
 from kallos_models.errors import ConfigError, DataError
-from kallos_models.modelling import bundles, ensemble, fitting, series, zoo
+from kallos_models.modelling import basket, bundles, ensemble, fitting, series, zoo
 from kallos_models.modelling.bundles import BundlePaths
 from kallos_models.modelling.ensemble import EnsembleSpec
 from kallos_models.modelling.hyperparams import read_params_file, training_params
@@ -128,6 +130,51 @@ def _check_members(
         )
 
 
+def _load_rows(
+    s: TrainSettings, asset: str, indicators: Any, *, chunks: tuple[int, int], held_out: int
+) -> pd.DataFrame:
+    """The asset's rows up to the end date, checked to be enough to train on."""
+    frame = datasets.load_features_from_db(
+        asset,
+        s.end,
+        s.database.url,
+        start_date=s.start,
+        timeframe=s.timeframe,
+        max_gap_bars=s.max_gap_bars,
+        indicators=indicators,
+    )
+    needed = sum(chunks) + 1 + held_out
+    if len(frame) < needed:
+        raise DataError(
+            f"asset {asset!r} ({s.timeframe}) has {len(frame)} usable rows up to {s.end}, but "
+            f"training {s.model_name!r} needs at least {needed} (input_chunk_length "
+            f"{chunks[0]} + output_chunk_length {chunks[1]} + 1"
+            + (f" + {held_out} calibration bars" if held_out else "")
+            + "); use an earlier --start-date, a later --end-date, or a smaller "
+            "input_chunk_length" + (" or --calibration-bars" if held_out else "")
+        )
+    return frame
+
+
+def _check_basket(
+    s: TrainSettings, members: EnsembleSpec | None, intervals: IntervalSpec | None
+) -> None:
+    """A global model is one zoo model; conformal intervals would need a calibration window
+    per asset, which is not built yet."""
+    if len(s.assets) < 2:
+        return
+    if members is not None:
+        raise ConfigError(
+            "an ensemble is trained on one asset; train one global zoo model over the basket "
+            f"({', '.join(s.assets)}) with --model-name, or an ensemble per asset"
+        )
+    if intervals is not None and intervals.conformal:
+        raise ConfigError(
+            "--conformal is not available for a global model over a basket yet; use "
+            "--quantiles for its intervals, or train one model per asset with --conformal"
+        )
+
+
 def train_model(
     settings: Settings | TrainSettings,
     params: Mapping[str, Any] | str | Path,
@@ -192,6 +239,7 @@ def train_model(
     s = settings if isinstance(settings, TrainSettings) else train_settings(settings)
     model_name = s.model_name
     _check_members(model_name, members, intervals)
+    _check_basket(s, members, intervals)
     used_params: dict[str, Any]
     if members is not None:
         resolved = members.resolved_params(max_epochs=s.trainer.max_epochs, seed=s.trainer.seed)
@@ -211,31 +259,24 @@ def train_model(
     bundles.check_overwrite(paths, overwrite=overwrite)
 
     indicators = resolve_indicators(s.features.indicators)  # a bad entry fails before any data
-    frame = datasets.load_features_from_db(
-        s.asset_id,
-        s.end,
-        s.database.url,
-        start_date=s.start,
-        timeframe=s.timeframe,
-        max_gap_bars=s.max_gap_bars,
-        indicators=indicators,
-    )
     spec_iv = intervals if intervals is not None and intervals.active else None
     held_out = spec_iv.calibration_bars if spec_iv is not None and spec_iv.conformal else 0
-    needed = input_chunk_length + output_chunk_length + 1 + held_out
-    if len(frame) < needed:
-        raise DataError(
-            f"asset {s.asset_id!r} ({s.timeframe}) has {len(frame)} usable rows up "
-            f"to {s.end}, but training {model_name!r} needs at least {needed} "
-            f"(input_chunk_length {input_chunk_length} + output_chunk_length "
-            f"{output_chunk_length} + 1"
-            + (f" + {held_out} calibration bars" if held_out else "")
-            + "); use an earlier --start-date, a later --end-date, or a smaller "
-            "input_chunk_length" + (" or --calibration-bars" if held_out else "")
-        )
+    chunks = (input_chunk_length, output_chunk_length)
+    frames = {
+        asset: _load_rows(s, asset, indicators, chunks=chunks, held_out=held_out)
+        for asset in (s.assets or (s.asset_id,))
+    }
     # a conformal model's calibration window is held out of every fit, preprocessing included
-    fit_frame = frame.iloc[: len(frame) - held_out] if held_out else frame
-    prepared = series.prepare_from_settings(s.features, fit_frame)
+    fit_frames = {a: f.iloc[: len(f) - held_out] if held_out else f for a, f in frames.items()}
+    prepared: Any
+    if len(frames) > 1:  # one global model over the basket, each asset scaled on its own rows
+        prepared = basket.prepare_basket(
+            {asset: (frame, None) for asset, frame in fit_frames.items()},
+            s.features,
+            static_covariates=zoo.supports_static_covariates(model_name),
+        )
+    else:
+        prepared = series.prepare_from_settings(s.features, next(iter(fit_frames.values())))
     trainer_kwargs = fitting.build_trainer_kwargs(
         accelerator=s.trainer.accelerator,
         devices=s.trainer.devices,
@@ -289,10 +330,12 @@ def train_model(
         "target_transform": preprocessor.target_transform,
         "group_scalers": dict(preprocessor.group_scalers),
         "preprocessing": preprocessor.describe(),
-        "train_start": fit_frame.index[0].isoformat(),
-        "train_end": fit_frame.index[-1].isoformat(),
-        "train_rows": len(fit_frame),
-        "filled_rows": int(fit_frame["filled"].sum()) if "filled" in fit_frame.columns else 0,
+        "train_start": min(f.index[0] for f in fit_frames.values()).isoformat(),
+        "train_end": max(f.index[-1] for f in fit_frames.values()).isoformat(),
+        "train_rows": sum(len(f) for f in fit_frames.values()),
+        "filled_rows": sum(
+            int(f["filled"].sum()) if "filled" in f.columns else 0 for f in fit_frames.values()
+        ),
         "start_date": None if s.start is None else s.start.isoformat(),
         "train_end_date": s.end.isoformat(),
         "seed": s.trainer.seed,
@@ -305,11 +348,13 @@ def train_model(
     }
     if members is not None:
         manifest["ensemble"] = members.record(resolved, fit.model)
+    if len(frames) > 1:
+        manifest["basket"] = basket.basket_record(s.asset_id, fit_frames, preprocessor)
     if spec_iv is not None:
         calibration = (
             {
-                "calibration_start": frame.index[-held_out].isoformat(),
-                "calibration_end": frame.index[-1].isoformat(),
+                "calibration_start": frames[s.asset_id].index[-held_out].isoformat(),
+                "calibration_end": frames[s.asset_id].index[-1].isoformat(),
             }
             if held_out
             else None
@@ -328,8 +373,8 @@ def train_model(
     logger.info(
         "trained %s on %s: %d rows %s .. %s, %sin %.1fs; bundle %s",
         model_name,
-        s.asset_id,
-        len(fit_frame),
+        ", ".join(frames),
+        manifest["train_rows"],
         manifest["train_start"],
         manifest["train_end"],
         f"{fit.epochs_run} epoch(s) " if deep and members is None else "",

@@ -31,6 +31,7 @@ from kallos_models.modelling.zoo.params import (
     create_model,
     list_models,
     max_input_chunk_length,
+    supports_static_covariates,
     validate_params,
 )
 from kallos_models.modelling.zoo.space import (
@@ -73,5 +74,6 @@ __all__ = [
     "lookback_range",
     "max_input_chunk_length",
     "model_names",
+    "supports_static_covariates",
     "validate_params",
 ]

@@ -61,6 +61,13 @@ def _import_darts_class(darts_class: str) -> Any:
 _LAG_PARAMS = frozenset({"lags", "lags_past_covariates", "lags_future_covariates", "model"})
 
 
+def supports_static_covariates(model_name: str) -> bool:
+    """Whether the Darts class of ``model_name`` reads static covariates (a global model's
+    asset identity); imports that class."""
+    cls = _import_darts_class(get_spec(model_name).darts_class)
+    return bool(cls.supports_static_covariates.fget(object.__new__(cls)))
+
+
 def _init_params(darts_class: str) -> set[str]:
     names: set[str] = set()
     for base in inspect.getmro(_import_darts_class(darts_class)):

@@ -1,10 +1,11 @@
 """Hold-out evaluation: rolling forecasts, metrics against naive persistence, a plot.
 
-:func:`evaluate_model` loads a saved bundle (file checksums and the manifest's digest verified
-before anything is unpickled, so the facts its guards read are tamper-evident),
-reads the hold-out window plus the lookback the model needs from the database, makes one
-forecast per bar with the fitted preprocessing (never refit), turns the forecasts back into
-prices and scores them against the naive forecast "the next close equals the last known close".
+Evaluating a bundle (:func:`kallos_models.stages.evaluate.evaluate_model`) loads it (file
+checksums and the manifest's digest verified before anything is unpickled, so the facts its
+guards read are tamper-evident); :func:`evaluate_loaded` then reads the hold-out window plus
+the lookback the model needs from the database, makes one forecast per bar with the fitted
+preprocessing (never refit), turns the forecasts back into prices and scores them against
+the naive forecast "the next close equals the last known close".
 At horizon 1 it also backtests the forecasts against buy-and-hold
 (:mod:`kallos_models.modelling.backtest`). It writes ``{stem}_evaluation_metrics.json`` and
 ``{stem}_evaluation_plot.png``, ``{stem}`` being the asset plus the timeframe unless it is
@@ -34,7 +35,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
-from kallos_models.config import Settings, parse_date, timeframe_to_timedelta
+from kallos_models.config import parse_date, timeframe_to_timedelta
 from kallos_models.errors import ArtifactError, ConfigError, DataError
 from kallos_models.files import run_stem, write_json
 from kallos_models.modelling.backtest import BacktestConfig, backtest_curves, run_backtest
@@ -52,8 +53,10 @@ from kallos_models.modelling.intervals import (
     evaluate_intervals,
 )
 from kallos_models.modelling.metrics import compute_metrics
-from kallos_models.stage_settings import DEFAULT_OUTPUT_DIRS, EvaluateSettings, evaluate_settings
+from kallos_models.modelling.preprocessing import FeaturePreprocessor
+from kallos_models.stage_settings import DEFAULT_OUTPUT_DIRS, EvaluateSettings
 from kallos_models.stages.evaluate.plot import plot_evaluation
+from kallos_models.stages.evaluate.result import EvaluationResult
 
 logger = logging.getLogger(__name__)
 
@@ -62,8 +65,8 @@ __all__ = [
     "CheckedBundle",
     "EvaluationResult",
     "backtest_config",
-    "evaluate_model",
     "load_window",
+    "evaluate_loaded",
     "open_bundle",
     "score_and_write",
 ]
@@ -75,35 +78,6 @@ DEFAULT_OUTPUT_PATH = f"./{DEFAULT_OUTPUT_DIRS['evaluate']}"
 # --------------------------------------------------------------------------------------------
 # End to end
 # --------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class EvaluationResult:
-    """What :func:`evaluate_model` computed and wrote.
-
-    Attributes
-    ----------
-    metrics
-        The metrics and their context, as written to ``metrics_path``.
-    metrics_path
-        ``{output_path}/{stem}_evaluation_metrics.json`` (see the module docstring).
-    plot_path
-        ``{output_path}/{stem}_evaluation_plot.png``.
-    forecasts
-        One row per evaluated bar: ``actual``, ``forecast``, ``naive``, ``origin_close``.
-    manifest_path
-        The manifest of the bundle evaluated (what tracking matches to a registered version).
-    tracking
-        Where the pipeline's tracking logged the metrics (registered model, version, run id),
-        or None when tracking is off or the stage ran alone.
-    """
-
-    metrics: dict[str, Any]
-    metrics_path: Path
-    plot_path: Path
-    forecasts: pd.DataFrame
-    manifest_path: Path | None = None
-    tracking: dict[str, Any] | None = None
 
 
 def _manifest_value(manifest: Mapping[str, Any], key: str, bundle: str) -> Any:
@@ -159,14 +133,16 @@ class CheckedBundle:
 
 
 def open_bundle(
-    s: EvaluateSettings, model_path: str | Path, scaler_path: str | Path | None = None
+    s: EvaluateSettings, model_path: str | Path | Any, scaler_path: str | Path | None = None
 ) -> CheckedBundle:
-    """Load a local bundle (checksums first) and check it fits ``s``.
+    """Load a local bundle (checksums first), or take a loaded one (a global model's asset
+    view), and check it fits ``s``.
 
     Raises
     ------
     ConfigError
-        ``model_path`` is a registry URI, or the bundle's model or asset is not the settings'.
+        ``model_path`` is a registry URI; the bundle's model or asset is not the settings';
+        a global model's whole bundle (evaluated per asset by :func:`evaluate_model`).
     ArtifactError
         A bundle file missing or tampered with, or a manifest without a required fact.
     DataError
@@ -174,15 +150,24 @@ def open_bundle(
     """
     from kallos_models.modelling import bundles
 
-    refuse_registry_uri(model_path)
-    # every manifest fact read below is verified by load_bundle (digest, checksummed files)
-    bundle = bundles.load_bundle(model_path, scaler_path)
+    if isinstance(model_path, (str, Path)):
+        refuse_registry_uri(model_path)
+        # every manifest fact read below is verified by load_bundle (digest, checksummed files)
+        bundle = bundles.load_bundle(model_path, scaler_path)
+    else:
+        bundle = model_path
     manifest = bundle.manifest
     where = str(bundle.paths.manifest)
+    if not isinstance(bundle.preprocessor, FeaturePreprocessor):
+        raise ConfigError(
+            f"{bundle.paths.model.name} is a global model over {manifest.get('asset_id')}; "
+            "it is judged one asset at a time by `kallos-run evaluate` without --retrain-every "
+            "(a retraining backtest refits one asset's model)"
+        )
     bundle_model = _manifest_value(manifest, "model_name", where)
     if s.model_name != bundle_model:
         raise ConfigError(
-            f"model_name is {s.model_name!r} but the bundle {Path(model_path).name} holds "
+            f"model_name is {s.model_name!r} but the bundle {bundle.paths.model.name} holds "
             f"a {bundle_model!r} model; pass --model-name {bundle_model} or the bundle of a "
             f"{s.model_name!r} model"
         )
@@ -405,83 +390,14 @@ def score_and_write(
     )
 
 
-def evaluate_model(
-    settings: Settings | EvaluateSettings,
-    *,
-    model_path: str | Path,
-    scaler_path: str | Path | None = None,
-    horizon: int | None = None,
-    source: str | None = None,
+def evaluate_loaded(
+    s: EvaluateSettings, bundle: Any, *, horizon: int | None, source: str
 ) -> EvaluationResult:
-    """Evaluate a saved model on a hold-out window it never saw; write metrics and a plot.
-
-    Steps: check the window; load the bundle (checksums verified before unpickling); check
-    that model, asset and window fit the bundle (no overlap with training, horizon at most
-    the model's ``output_chunk_length``); load the window plus the lookback from the database
-    (the bundle's timeframe); make rolling forecasts; score them against naive persistence;
-    at horizon 1, backtest them against buy-and-hold
-    (:func:`kallos_models.modelling.backtest.run_backtest`,
-    under the metrics' ``backtest`` key; at other horizons the key holds the config, null
-    results and a note); write ``{stem}_evaluation_metrics.json`` and
-    ``{stem}_evaluation_plot.png`` (with an equity panel when there is a backtest).
-
-    Parameters
-    ----------
-    settings
-        The stage's settings (:func:`kallos_models.stage_settings.evaluate_settings` builds
-        them from resolved :class:`Settings`, which are accepted too): asset and model name
-        (both checked against the bundle), the hold-out window (required), database,
-        ``max_gap_bars``, ``horizon``, ``output_dir`` (default ``./evaluation_results``) and
-        the backtest rules (mode, threshold, fee in bps). The timeframe, indicators and
-        features are the bundle's. Settings with ``retrain_every`` are refused: that is
-        :func:`kallos_models.stages.evaluate.retrain.retrain_backtest`.
-    model_path
-        The bundle's model file (``{stem}.pt``), a local path.
-    scaler_path
-        The bundle's scaler file; default None takes it from the manifest beside the model.
-    horizon
-        Forecast step scored, in bars; default None uses the settings' ``horizon``.
-    source
-        What the metrics record calls the model (its ``model_path`` key); default None uses
-        ``model_path`` (the pipeline passes the ``models:/`` URI it resolved).
-
-    Returns
-    -------
-    EvaluationResult
-
-    Raises
-    ------
-    ConfigError
-        A window date missing or reversed, ``model_name`` or ``asset_id`` not those of the
-        bundle, a horizon above the model's ``output_chunk_length``, or backtest settings out
-        of range (a negative threshold, ``fee_bps`` outside ``[0, 5000)``).
-    ArtifactError
-        A bundle file missing or tampered with (checksum mismatch), no manifest beside the
-        model file (an interrupted save), or the manifest edited (its digest does not match,
-        or its train end, columns or timeframe disagree with the checksummed files).
-    DataError
-        The window starts on or before the end of training (leakage), too little history
-        before the window, or no rows in it.
-
-    Notes
-    -----
-    This stage reads local bundles only: :func:`kallos_models.pipeline.evaluate` resolves a
-    ``models:/`` URI to a downloaded, verified bundle first, and logs the result to MLflow
-    when tracking is on.
-    """
+    """:func:`evaluate_model` of a loaded single-asset bundle (or a global one's asset view)."""
     from kallos_models.modelling.fitting import surface_interrupts
 
-    refuse_registry_uri(model_path)
-    source = str(Path(model_path)) if source is None else source
-    s = settings if isinstance(settings, EvaluateSettings) else evaluate_settings(settings)
-    if s.retrain_every is not None:
-        raise ConfigError(
-            "these settings ask for a retraining backtest (retrain_every "
-            f"{s.retrain_every}); run it with kallos_models.stages.evaluate.retrain_backtest "
-            "(what `kallos-run evaluate --retrain-every` calls)"
-        )
     config = backtest_config(s)
-    checked = open_bundle(s, model_path, scaler_path)
+    checked = open_bundle(s, bundle)
     model, preprocessor = checked.bundle.model, checked.bundle.preprocessor
     icl, ocl = model_chunk_lengths(model)
     steps = check_horizon(s.horizon if horizon is None else horizon, ocl)

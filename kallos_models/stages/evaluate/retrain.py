@@ -180,7 +180,7 @@ def retrain_backtest(
     """Walk through the hold-out window refitting every ``retrain_every`` bars; score it all.
 
     Steps: check the settings and the bundle as :func:`~kallos_models.stages.evaluate.
-    holdout.evaluate_model` does (checksums, model, asset, no overlap with training); build
+    api.evaluate_model` does (checksums, model, asset, no overlap with training); build
     the refit recipe (:func:`refit_recipe`; a bad params file fails here, before any data);
     load the asset's rows from the bundle's first training bar to the window's end; then for
     each block of ``retrain_every`` bars of the window: fit the preprocessing and the model on
