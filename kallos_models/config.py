@@ -115,7 +115,8 @@ class Settings:
     precision: str | None = None
     horizon: int = 1
     # tuning
-    metric: Metric = "rmse"
+    #: The tuning score; None: rmse for one asset, rmse_rel_naive (scale-free) for a basket
+    metric: Metric | None = None
     study_name: str | None = None
     optuna_schema: str | None = None
     storage_url: str | None = None

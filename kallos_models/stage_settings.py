@@ -349,7 +349,7 @@ def evaluate_settings(
 @dataclass(frozen=True)
 class TuneSettings:
     """What ``tune`` reads. ``storage`` is Optuna's database: ``storage_url``, else the data
-    database."""
+    database; ``asset_id`` names the files and study (a basket's short name over ``assets``)."""
 
     model_name: str
     asset_id: str
@@ -370,16 +370,36 @@ class TuneSettings:
     heartbeat_interval: int
     grace_period: int
     output_dir: Path
+    assets: tuple[str, ...] = ()
 
 
 def study_name_for(settings: Settings) -> str:
-    """``study_name``, or ``{model}_{asset}_{timeframe}`` (e.g. ``gru_BTC_1d``)."""
-    return settings.study_name or f"{settings.model_name}_{settings.asset_id}_{settings.timeframe}"
+    """``study_name``, or ``{model}_{asset}_{timeframe}`` (``gru_BTC_1d``; a basket's short
+    name for the asset: ``gru_BTC-ETH-SOL_4h``)."""
+    assets = asset_list(settings.asset_id)
+    name = basket_name(assets, settings.run_name) if len(assets) > 1 else settings.asset_id
+    return settings.study_name or f"{settings.model_name}_{name}_{settings.timeframe}"
+
+
+#: Tuning scores that mean the same on every asset's prices, so a basket's may be averaged.
+SCALE_FREE_METRICS = ("rmse_rel_naive", "mape", "smape")
+
+
+def _tune_metric(settings: Settings, assets: tuple[str, ...]) -> str:
+    if len(assets) == 1:
+        return settings.metric or "rmse"
+    if settings.metric is not None and settings.metric not in SCALE_FREE_METRICS:
+        raise ConfigError(
+            f"--metric {settings.metric} is in each asset's own price units, so a basket's "
+            f"assets cannot be averaged on it; choose one of {', '.join(SCALE_FREE_METRICS)} "
+            "(rmse_rel_naive, the RMSE ratio to naive persistence, is the default)"
+        )
+    return settings.metric or "rmse_rel_naive"
 
 
 def tune_settings(settings: Settings) -> TuneSettings:
     """The tune stage's settings; required: ``asset_id``, ``tune_end_date``."""
-    asset_id = str(require(settings, "asset_id"))
+    assets, asset_id = basket_of(settings)
     end = _required_date(settings, "tune_end_date")
     database = data_source(settings)
     storage = storage_source(settings)
@@ -396,11 +416,12 @@ def tune_settings(settings: Settings) -> TuneSettings:
         features=FeatureSettings.from_settings(settings),
         trainer=TrainerSettings.from_settings(settings),
         n_trials=settings.n_trials,
-        metric=settings.metric,
+        metric=_tune_metric(settings, assets),
         study_name=study_name_for(settings),
         workers=settings.workers,
         timeout=settings.timeout,
         heartbeat_interval=settings.heartbeat_interval,
         grace_period=settings.grace_period,
         output_dir=_output_dir(settings, "tune"),
+        assets=assets,
     )

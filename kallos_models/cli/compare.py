@@ -56,7 +56,11 @@ def evaluate_options(func: Callable) -> Callable:
     help="A bundle's .pt file, or a registered version: models:/NAME@ALIAS or "
     "models:/NAME/VERSION (with --tracking-uri). Once per model, at least two.",
 )
-@asset_id_option(help="Asset identifier, e.g. BTC [default: the bundles' own].")
+@asset_id_option(
+    metavar="ID[,ID...]",
+    help="Asset(s) to rank the models on; a global model takes any asset of its basket "
+    "[default: the assets every bundle holds].",
+)
 @evaluate_options
 @output_option("./evaluation_results")
 @db_option
@@ -73,7 +77,10 @@ def compare(ctx: click.Context, model_paths: tuple[str, ...], **flags) -> None:
     p-values against naive and against the leader, directional accuracy, interval coverage
     where a model has intervals, and the backtest's Sharpe ratio and drawdown. Writes
     {asset}_leaderboard.json and {asset}_leaderboard.png (each model's cumulative squared
-    error minus naive's); prints the JSON on stdout and the table on stderr.
+    error minus naive's); prints the JSON on stdout and the table on stderr. A global model
+    is ranked on any asset of its basket, beside single-asset models of it; over several
+    assets each gets its leaderboard, and {assets}_leaderboard.json ranks the models by
+    their mean RMSE ratio over them.
 
     \b
     Example:
@@ -83,10 +90,13 @@ def compare(ctx: click.Context, model_paths: tuple[str, ...], **flags) -> None:
       kallos-run compare --test-start-date 2024-07-01 --test-end-date 2025-07-04 \\
           --model-path models:/gru_BTC_1d@champion --model-path trained_models/gru_BTC.pt \\
           --tracking-uri sqlite:///mlflow.db
+      kallos-run compare --test-start-date 2024-07-01 --test-end-date 2025-07-04 \\
+          --asset-id ETH --model-path trained_models/gru_BTC-ETH-SOL_4h.pt \\
+          --model-path trained_models/gru_ETH_4h.pt
     """
-    from kallos_models.compare import compare_models, format_table
+    from kallos_models.compare import compare_models, format_boards
 
     result = compare_models(settings(ctx, **flags), model_paths)
     if not ctx.obj["quiet"]:
-        click.echo(format_table(result.summary), err=True)
+        click.echo(format_boards(result.summary), err=True)
     echo_json(result.summary)

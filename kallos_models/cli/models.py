@@ -15,7 +15,6 @@ import click
 from kallos_models.cli.options import (
     CONTEXT_SETTINGS,
     asset_id_option,
-    asset_options,
     basket_option,
     basket_options,
     db_option,
@@ -350,12 +349,12 @@ def evaluate(
 
 @click.command(context_settings=CONTEXT_SETTINGS)
 @model_option
-@asset_options
+@basket_options
 @end_date_option(help="Last day of data used for tuning.")
 @start_date_option(help="First day of data [default: all].")
 @db_option
 @n_trials_option
-@click.option("--study-name", default=None, help="[default: {model}_{asset}_{timeframe}]")
+@click.option("--study-name", default=None, help="[default: {model}_{asset or basket}_{timeframe}]")
 @optuna_schema_option(help="PostgreSQL schema for Optuna's tables.")
 @storage_option
 @click.option(
@@ -366,7 +365,8 @@ def evaluate(
     "--metric",
     type=click.Choice(["rmse", "mae", "mape", "smape", "rmse_rel_naive"]),
     default=None,
-    help="Fold score, averaged over folds [default: rmse].",
+    help="Fold score, averaged over folds (for a basket, first over its assets; scale-free "
+    "scores only) [default: rmse; rmse_rel_naive for a basket].",
 )
 @click.option("--timeout", type=float, default=None, help="Stop starting trials after SEC seconds.")
 @output_option(".")
@@ -378,11 +378,15 @@ def tune(ctx: click.Context, end_date, **flags) -> None:
 
     Resumes the stored study; writes {model}_{asset}_best_params.json (gru_BTC_4h_... for a
     timeframe other than 1d) and report plots. With a tracking URI: one MLflow run per tune,
-    a child run per trial.
+    a child run per trial. With --asset-id BTC,ETH,SOL each trial fits one global model per
+    fold (every asset split at the same dates) and scores the mean of the assets' scores,
+    each asset's kept on the trial (asset_scores).
 
     \b
     Example:
       kallos-run tune --model-name gru --asset-id BTC --end-date 2023-12-31 --n-trials 20
+      kallos-run tune --model-name gru --asset-id BTC,ETH,SOL --timeframe 4h \\
+          --end-date 2023-12-31 --n-trials 20
     """
     from kallos_models import pipeline
 

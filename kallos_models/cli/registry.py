@@ -130,6 +130,14 @@ def _fmt_number(value: Any) -> str:
     default=None,
     help="Refuse if the backtest strategy's annualised Sharpe is below this.",
 )
+@click.option(
+    "--gate",
+    type=click.Choice(["pooled", "each-asset"]),
+    default="pooled",
+    show_default=True,
+    help="For a global model: check the thresholds on its pooled figures (mean RMSE ratio, "
+    "all forecasts' directional accuracy, mean Sharpe) or on every asset's own.",
+)
 @click.pass_context
 def registry_promote(
     ctx: click.Context,
@@ -138,6 +146,7 @@ def registry_promote(
     max_skill_ratio,
     min_directional_accuracy,
     min_sharpe,
+    gate,
     **flags,
 ) -> None:
     """Point an alias at a version whose hold-out evaluation passes the thresholds.
@@ -149,6 +158,8 @@ def registry_promote(
     Example:
       kallos-run registry promote --asset-id BTC --version 2 --alias champion \\
           --max-skill-ratio 1.0 --min-directional-accuracy 0.5 --min-sharpe 0.5
+      kallos-run registry promote --asset-id BTC,ETH,SOL --timeframe 4h --version 1 \\
+          --max-skill-ratio 1.0 --gate each-asset
     """
     from kallos_models.mlops import registry as registry_mod
 
@@ -157,6 +168,7 @@ def registry_promote(
         max_skill_ratio=max_skill_ratio,
         min_directional_accuracy=min_directional_accuracy,
         min_sharpe=min_sharpe,
+        scope="each_asset" if gate == "each-asset" else "pooled",
     )
     try:
         promoted = registry_mod.promote(s, version, alias=alias, thresholds=thresholds)

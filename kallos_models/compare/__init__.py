@@ -4,11 +4,14 @@
 bars, and ranks them by RMSE ratio to naive persistence with Diebold-Mariano tests against
 naive and against the leader (:mod:`.runner`); the rows, the text table (:mod:`.board`) and
 the plot of each model's cumulative squared error minus naive's (:mod:`.plot`) are built from
-the evaluation records. See ``documentation/compare.md``.
+the evaluation records. Global models are ranked on any asset of their basket, beside
+single-asset models of it; over several assets, each asset's leaderboard and the models'
+mean RMSE ratio over them. See ``documentation/compare.md``.
 """
 
 from kallos_models.compare.board import (
     ScoredModel,
+    format_boards,
     format_table,
     interval_columns,
     leaderboard_rows,
@@ -21,6 +24,7 @@ __all__ = [
     "ScoredModel",
     "compare_models",
     "distinct_sources",
+    "format_boards",
     "format_table",
     "interval_columns",
     "leaderboard_rows",

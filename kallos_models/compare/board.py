@@ -303,3 +303,20 @@ def format_table(summary: Mapping[str, Any]) -> str:
         f"{summary.get('horizon')}  naive RMSE {'n/a' if naive is None else format(naive, '.6g')}"
     )
     return "\n".join([heading, *text])
+
+
+def format_boards(summary: Mapping[str, Any]) -> str:
+    """:func:`format_table` of a summary; of several assets' (``per_asset``), each asset's
+    table, then the models ranked by their mean RMSE ratio over the assets."""
+    boards = summary.get("per_asset")
+    if not isinstance(boards, Mapping):
+        return format_table(summary)
+    lines = [format_table(board) + "\n" for board in boards.values()]
+    lines.append(f"over {', '.join(boards)}: mean RMSE ratio to naive")
+    for row in summary.get("leaderboard") or []:
+        ratio = row.get("mean_rmse_ratio")
+        lines.append(
+            f"{row['rank']:>3}  {row['model']:<16} {'n/a' if ratio is None else f'{ratio:.4f}'}"
+            f"  ({row['assets_beating_naive']} of {len(boards)} assets beat naive)"
+        )
+    return "\n".join(lines)

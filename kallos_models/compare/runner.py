@@ -28,9 +28,10 @@ import pandas as pd
 
 from kallos_models.compare.board import ScoredModel, leaderboard_rows
 from kallos_models.compare.plot import plot_leaderboard
-from kallos_models.config import Settings, parse_date
+from kallos_models.config import Settings, asset_list, parse_date
 from kallos_models.errors import ConfigError, DataError, KallosError
-from kallos_models.files import run_stem, safe_file_stem, write_json
+from kallos_models.files import basket_name, run_stem, safe_file_stem, write_json
+from kallos_models.modelling.basket import asset_view, basket_assets
 from kallos_models.modelling.bundles import is_registry_uri
 from kallos_models.modelling.metrics import headline
 from kallos_models.stage_settings import EvaluateSettings, evaluate_settings, require
@@ -86,6 +87,13 @@ class _Bundle:
     timeframe: str
     train_end: pd.Timestamp | None
     label: str = ""
+    #: A global model's basket; empty for a single-asset model.
+    assets: tuple[str, ...] = ()
+
+    @property
+    def held(self) -> tuple[str, ...]:
+        """The assets this bundle forecasts."""
+        return self.assets or (self.asset_id,)
 
 
 def distinct_sources(model_paths: Sequence[str | Path]) -> list[str]:
@@ -145,6 +153,7 @@ def _open(stack: contextlib.ExitStack, settings: Settings, source: str) -> _Bund
         asset_id=str(manifest.get("asset_id")),
         timeframe=str(manifest.get("timeframe")),
         train_end=parse_date(manifest.get("train_end"), "train_end"),
+        assets=basket_assets(manifest) or (),
     )
 
 
@@ -161,26 +170,38 @@ def _labelled(bundles: list[_Bundle]) -> list[_Bundle]:
 
 
 def _holds(bundle: _Bundle) -> str:
-    return (
-        f"{bundle.source} holds a {bundle.model_name} model of {bundle.asset_id} {bundle.timeframe}"
+    what = (
+        f"a global {bundle.model_name} model of {', '.join(bundle.assets)}"
+        if bundle.assets
+        else f"a {bundle.model_name} model of {bundle.asset_id}"
     )
+    return f"{bundle.source} holds {what} {bundle.timeframe}"
 
 
-def _same_market(bundles: list[_Bundle], asset_id: str | None) -> tuple[str, str]:
-    """The one asset and timeframe of every bundle (and of ``asset_id`` when it is set)."""
+def _markets(bundles: list[_Bundle], asset_id: str | None) -> tuple[tuple[str, ...], str]:
+    """The assets every bundle is ranked on (``asset_id``'s, else those all bundles hold;
+    a global model holds its basket) and the one timeframe."""
     first = bundles[0]
+    wanted = asset_list(asset_id)
+    if len(wanted) == 1 and all(b.assets and b.asset_id == wanted[0] for b in bundles):
+        wanted = first.assets  # a global model's short name: its whole basket
     for bundle in bundles:
-        if asset_id and bundle.asset_id != str(asset_id):
-            raise ConfigError(
-                f"--asset-id is {asset_id} but {_holds(bundle)}: compare bundles of "
-                f"{asset_id}, or drop --asset-id (the bundles' asset is used)"
-            )
-        if (bundle.asset_id, bundle.timeframe) != (first.asset_id, first.timeframe):
+        if bundle.timeframe != first.timeframe or (
+            not wanted and not set(bundle.held) & set(first.held)
+        ):
             raise ConfigError(
                 f"{_holds(bundle)}, but {_holds(first)}: a leaderboard scores every model on "
                 "the same bars, so compare bundles of one asset and timeframe"
             )
-    return first.asset_id, first.timeframe
+        missing = [asset for asset in wanted if asset not in bundle.held]
+        if missing:
+            raise ConfigError(
+                f"--asset-id is {asset_id} but {_holds(bundle)}: compare bundles of "
+                f"{asset_id}, or drop --asset-id (the assets every bundle holds are used)"
+            )
+    if not wanted:
+        wanted = tuple(a for a in first.held if all(a in b.held for b in bundles))
+    return wanted, first.timeframe
 
 
 def _refuse_overlap(test_start: pd.Timestamp, bundles: list[_Bundle]) -> None:
@@ -200,11 +221,17 @@ def _refuse_overlap(test_start: pd.Timestamp, bundles: list[_Bundle]) -> None:
 def _evaluate(
     stage: EvaluateSettings, bundle: _Bundle, folder: Path, horizon: int | None
 ) -> EvaluationResult:
-    """``evaluate_model`` of one bundle into ``folder``; its errors name the bundle."""
+    """``evaluate_model`` of one bundle into ``folder`` (a global model's: on the stage's
+    asset, as if it were that asset's model); its errors name the bundle."""
+    from kallos_models.modelling.bundles import load_bundle
     from kallos_models.stages.evaluate import evaluate_model
+    from kallos_models.stages.evaluate.holdout import evaluate_loaded
 
     own = dataclasses.replace(stage, model_name=bundle.model_name, output_dir=folder)
     try:
+        if bundle.assets:
+            view = asset_view(load_bundle(bundle.local), str(stage.asset_id))
+            return evaluate_loaded(own, view, horizon=horizon, source=bundle.source)
         return evaluate_model(own, model_path=bundle.local, horizon=horizon, source=bundle.source)
     except KallosError as exc:
         _naming(exc, bundle.source)
@@ -221,6 +248,107 @@ def _publish(result: EvaluationResult, staged: Path, final: Path) -> EvaluationR
         metrics_path=final / result.metrics_path.name,
         plot_path=final / result.plot_path.name,
     )
+
+
+def _rank(
+    stage: EvaluateSettings,
+    bundles: list[_Bundle],
+    timeframe: str,
+    horizon: int | None,
+    staging: Path,
+) -> tuple[dict[str, Any], list[EvaluationResult]]:
+    """One asset's leaderboard, written in ``staging`` (each model's files in its label's
+    folder, the JSON and the plot beside them); the summary names the final paths."""
+    asset_id = str(stage.asset_id)
+    out_dir = stage.output_dir
+    stem = run_stem(asset_id, timeframe=timeframe)
+    results = []
+    for number, bundle in enumerate(bundles, start=1):
+        logger.info(
+            "evaluating %d/%d on %s: %s (%s)",
+            number,
+            len(bundles),
+            asset_id,
+            bundle.label,
+            bundle.source,
+        )
+        results.append(_evaluate(stage, bundle, staging / bundle.label, horizon))
+    scored = [
+        ScoredModel(
+            model=bundle.label,
+            source=bundle.source,
+            metrics=result.metrics,
+            forecasts=result.forecasts,
+            metrics_path=str(out_dir / bundle.label / result.metrics_path.name),
+        )
+        for bundle, result in zip(bundles, results, strict=True)
+    ]
+    record = results[0].metrics
+    rows = leaderboard_rows(scored, horizon=int(record["horizon"]))  # same bars checked
+    json_path = out_dir / f"{stem}_leaderboard.json"
+    plot_path = out_dir / f"{stem}_leaderboard.png"
+    title = (
+        f"{asset_id} {timeframe}  -  {len(rows)} models against naive  -  hold-out "
+        f"{record['first_forecast'][:10]} to {record['last_forecast'][:10]}  -  horizon "
+        f"{record['horizon']}"
+    )
+    plot_leaderboard(scored, rows, title=title, path=staging / plot_path.name)
+    summary: dict[str, Any] = {
+        "asset_id": asset_id,
+        "timeframe": timeframe,
+        **{key: record[key] for key in _WINDOW_KEYS},
+        "naive_rmse": headline(record)["naive_rmse"],
+        "backtest_config": (record.get("backtest") or {}).get("config"),
+        "sorted_by": "rmse_ratio",
+        "leaderboard": rows,
+        "plot_path": str(plot_path),
+        "json_path": str(json_path),
+    }
+    write_json(staging / json_path.name, summary)
+    return summary, results
+
+
+def _pooled_board(
+    boards: dict[str, tuple[dict[str, Any], list[EvaluationResult]]],
+    bundles: list[_Bundle],
+    timeframe: str,
+    out_dir: Path,
+) -> dict[str, Any]:
+    """The models ranked over several assets by their mean RMSE ratio to naive (scale-free),
+    with each asset's leaderboard."""
+    per_asset = {asset: summary for asset, (summary, _) in boards.items()}
+    ratios: dict[str, list[float | None]] = {b.label: [] for b in bundles}
+    for summary in per_asset.values():
+        for row in summary["leaderboard"]:
+            ratios[row["model"]].append(row.get("rmse_ratio"))
+    rows = []
+    for bundle in bundles:
+        values = ratios[bundle.label]
+        known = [float(v) for v in values if v is not None]
+        rows.append(
+            {
+                "model": bundle.label,
+                "source": bundle.source,
+                "mean_rmse_ratio": sum(known) / len(known) if len(known) == len(values) else None,
+                "rmse_ratio": dict(zip(per_asset, values, strict=True)),
+                "assets_beating_naive": sum(1 for v in known if v < 1.0),
+            }
+        )
+    rows.sort(key=lambda r: (r["mean_rmse_ratio"] is None, r["mean_rmse_ratio"] or 0.0))
+    for rank, row in enumerate(rows, start=1):
+        row["rank"] = rank
+    stem = run_stem(basket_name(list(per_asset)), timeframe=timeframe)
+    first = next(iter(per_asset.values()))
+    return {
+        "assets": list(per_asset),
+        "timeframe": timeframe,
+        **{key: first[key] for key in ("test_start", "test_end", "horizon")},
+        "sorted_by": "mean_rmse_ratio",
+        "leaderboard": rows,
+        "per_asset": per_asset,
+        "plot_path": str(first["plot_path"]),
+        "json_path": str(out_dir / f"{stem}_leaderboard.json"),
+    }
 
 
 def compare_models(
@@ -286,59 +414,36 @@ def compare_models(
         tracking.require_mlflow(settings)
     with contextlib.ExitStack() as stack:
         bundles = _labelled([_open(stack, settings, source) for source in sources])
-        asset_id, timeframe = _same_market(bundles, settings.asset_id)
-        stage = evaluate_settings(dataclasses.replace(settings, asset_id=asset_id))
+        assets, timeframe = _markets(bundles, settings.asset_id)
+        stage = evaluate_settings(dataclasses.replace(settings, asset_id=assets[0]))
         _refuse_overlap(stage.test_start, bundles)
         out_dir = stage.output_dir
-        stem = run_stem(asset_id, timeframe=timeframe)
         out_dir.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{stem}_leaderboard.", dir=out_dir))
+        staging = Path(tempfile.mkdtemp(prefix=".leaderboard.", dir=out_dir))
         stack.callback(shutil.rmtree, staging, ignore_errors=True)
-
-        results = []
-        for number, bundle in enumerate(bundles, start=1):
-            logger.info(
-                "evaluating %d/%d: %s (%s)", number, len(bundles), bundle.label, bundle.source
+        boards = {
+            asset: _rank(
+                dataclasses.replace(stage, asset_id=asset), bundles, timeframe, horizon, staging
             )
-            results.append(_evaluate(stage, bundle, staging / bundle.label, horizon))
-        scored = [
-            ScoredModel(
-                model=bundle.label,
-                source=bundle.source,
-                metrics=result.metrics,
-                forecasts=result.forecasts,
-                metrics_path=str(out_dir / bundle.label / result.metrics_path.name),
-            )
-            for bundle, result in zip(bundles, results, strict=True)
-        ]
-        record = results[0].metrics
-        rows = leaderboard_rows(scored, horizon=int(record["horizon"]))  # same bars checked
-        json_path = out_dir / f"{stem}_leaderboard.json"
-        plot_path = out_dir / f"{stem}_leaderboard.png"
-        title = (
-            f"{asset_id} {timeframe}  -  {len(rows)} models against naive  -  hold-out "
-            f"{record['first_forecast'][:10]} to {record['last_forecast'][:10]}  -  horizon "
-            f"{record['horizon']}"
-        )
-        staged_plot = plot_leaderboard(scored, rows, title=title, path=staging / plot_path.name)
-        summary: dict[str, Any] = {
-            "asset_id": asset_id,
-            "timeframe": timeframe,
-            **{key: record[key] for key in _WINDOW_KEYS},
-            "naive_rmse": headline(record)["naive_rmse"],
-            "backtest_config": (record.get("backtest") or {}).get("config"),
-            "sorted_by": "rmse_ratio",
-            "leaderboard": rows,
-            "plot_path": str(plot_path),
-            "json_path": str(json_path),
+            for asset in assets
         }
+        if len(boards) == 1:
+            summary, results = next(iter(boards.values()))
+        else:  # several assets: each its leaderboard, and the models ranked over all of them
+            summary = _pooled_board(boards, bundles, timeframe, out_dir)
+            results = [r for _, asset_results in boards.values() for r in asset_results]
+            write_json(staging / Path(summary["json_path"]).name, summary)
+        json_path, plot_path = Path(summary["json_path"]), Path(summary["plot_path"])
         # published last, the JSON after what it names: nothing appears unless all is done
+        labels = [bundle.label for bundle in bundles] * len(boards)
         published = tuple(
-            _publish(result, staging / bundle.label, out_dir / bundle.label)
-            for bundle, result in zip(bundles, results, strict=True)
+            _publish(result, staging / label, out_dir / label)
+            for label, result in zip(labels, results, strict=True)
         )
-        os.replace(staged_plot, plot_path)
-        write_json(json_path, summary)
+        for path in sorted(staging.glob("*_leaderboard.png")):
+            os.replace(path, out_dir / path.name)
+        for path in sorted(staging.glob("*_leaderboard.json"), key=lambda p: p == json_path):
+            os.replace(path, out_dir / path.name)
     logger.info("leaderboard: %s; plot: %s", json_path, plot_path)
     return CompareResult(
         summary=summary, json_path=json_path, plot_path=plot_path, evaluations=published

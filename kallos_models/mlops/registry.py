@@ -21,14 +21,15 @@ import logging
 import re
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from kallos_models.config import Settings
+from kallos_models.config import Settings, asset_list
 from kallos_models.errors import ConfigError, GateRefusal, PromotionError, TrackingError
+from kallos_models.files import basket_name
 from kallos_models.mlops import tracking
+from kallos_models.mlops.gates import Thresholds, failures
 from kallos_models.mlops.tracking import HOLDOUT, TAG_RETIRED
 from kallos_models.modelling.metrics import HEADLINE_METRICS
 
@@ -54,46 +55,14 @@ HISTORY_TAG = "kallos.alias_history."
 _MODELS_URI = re.compile(r"^models:/(?P<name>[^/@]+)(?:@(?P<alias>[^/]+)|/(?P<version>\d+))/?$")
 
 
-@dataclass(frozen=True)
-class Thresholds:
-    """What a version's latest hold-out evaluation must reach to be promoted.
-
-    Attributes
-    ----------
-    max_skill_ratio : float or None, default None
-        Highest allowed ``rmse_ratio`` (model RMSE / naive RMSE; below 1 beats naive).
-    min_directional_accuracy : float or None, default None
-        Lowest allowed share of bars whose direction was forecast right, in [0, 1].
-    min_sharpe : float or None, default None
-        Lowest allowed annualised Sharpe ratio of the backtest strategy.
-    """
-
-    max_skill_ratio: float | None = None
-    min_directional_accuracy: float | None = None
-    min_sharpe: float | None = None
-
-    def checks(self) -> list[tuple[str, str, str, float]]:
-        """``(metric, flag, "max" or "min", limit)`` for every threshold that is set."""
-        rows = [
-            ("rmse_ratio", "--max-skill-ratio", "max", self.max_skill_ratio),
-            (
-                "directional_accuracy",
-                "--min-directional-accuracy",
-                "min",
-                self.min_directional_accuracy,
-            ),
-            ("sharpe", "--min-sharpe", "min", self.min_sharpe),
-        ]
-        return [(m, f, k, float(limit)) for m, f, k, limit in rows if limit is not None]
-
-
 # --------------------------------------------------------------------------------------------
 # Looking things up
 # --------------------------------------------------------------------------------------------
 
 
 def registered_model_for(settings: Settings) -> str:
-    """``{model}_{asset}_{timeframe}`` from ``model_name``, ``asset_id`` and ``timeframe``.
+    """``{model}_{asset}_{timeframe}`` from ``model_name``, ``asset_id`` and ``timeframe``; a
+    basket (``BTC,ETH,SOL``) is named by its short name (``--run-name``, else ``BTC-ETH-SOL``).
 
     Raises
     ------
@@ -105,9 +74,9 @@ def registered_model_for(settings: Settings) -> str:
             "name the registered model: pass --asset-id (and --model-name, --timeframe); "
             "versions are registered as {model}_{asset}_{timeframe}, e.g. gru_BTC_1d"
         )
-    return tracking.registered_model_name(
-        settings.model_name, settings.asset_id, settings.timeframe
-    )
+    assets = asset_list(settings.asset_id)
+    name = basket_name(assets, settings.run_name) if len(assets) > 1 else settings.asset_id
+    return tracking.registered_model_name(settings.model_name, name, settings.timeframe)
 
 
 def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:
@@ -198,6 +167,12 @@ def _row(name: str, mv: Any, aliases: dict[str, str]) -> dict[str, Any]:
         if created is None
         else datetime.fromtimestamp(created / 1000, timezone.utc).isoformat(timespec="seconds"),
         **{key: _number(tags.get(f"{HOLDOUT}{key}")) for key in HEADLINE_METRICS},
+        "basket": tags.get("basket"),
+        "per_asset": {
+            asset: {k: _number(tags.get(f"{HOLDOUT}asset.{asset}.{k}")) for k in HEADLINE_METRICS}
+            for asset in (tags.get(f"{HOLDOUT}assets") or "").split(",")
+            if asset
+        },
         "test_start": tags.get(f"{HOLDOUT}test_start"),
         "test_end": tags.get(f"{HOLDOUT}test_end"),
         "tags": tags,
@@ -241,24 +216,6 @@ def list_versions(settings: Settings) -> list[dict[str, Any]]:
             aliases = _aliases_of(full)
             rows += [_row(model.name, mv, aliases) for mv in _versions(client, model.name)]
     return rows
-
-
-def _failures(metrics: dict[str, float | None], thresholds: Thresholds) -> list[str]:
-    failed = []
-    for metric, flag, kind, limit in thresholds.checks():
-        value = metrics.get(metric)
-        if value is None:
-            why = (
-                " (the evaluation ran no backtest; evaluate with --horizon 1)"
-                if metric == "sharpe"
-                else ""
-            )
-            failed.append(f"{metric} is not available{why}, but {flag} {limit:g} is set")
-        elif kind == "max" and value > limit:
-            failed.append(f"{metric} {value:.4g} is above {flag} {limit:g}")
-        elif kind == "min" and value < limit:
-            failed.append(f"{metric} {value:.4g} is below {flag} {limit:g}")
-    return failed
 
 
 def _history(model: Any, alias: str) -> list[str]:
@@ -328,14 +285,23 @@ def promote(
         where = f"version {mv.version} of {name}"
         if row["retired"]:
             raise PromotionError(f"{where} is retired (archived); promote another version")
-        if row["rmse"] is None:
+        if row["test_start"] is None:
             raise PromotionError(
                 f"{where} has no hold-out evaluation to check; evaluate it first: kallos-run "
                 f"evaluate --model-path models:/{name}/{mv.version} --asset-id ... "
                 "--test-start-date ... --test-end-date ... --tracking-uri ..."
             )
         metrics = {key: row[key] for key in HEADLINE_METRICS}
-        failed = _failures(metrics, thresholds or Thresholds())
+        gate = thresholds or Thresholds()
+        if gate.scope == "each_asset" and row["per_asset"]:
+            failed = [
+                f"{asset}: {why}"
+                for asset, own in row["per_asset"].items()
+                for why in failures(own, gate)
+            ]
+            metrics = {**metrics, "per_asset": row["per_asset"]}
+        else:
+            failed = failures(metrics, gate)
         if failed:
             raise GateRefusal(f"{where} was not promoted to {alias!r}: {'; '.join(failed)}")
         previous = _aliases_of(model).get(alias)

@@ -38,16 +38,40 @@ def headline(record: Mapping[str, Any]) -> dict[str, float | None]:
     dict
         The :data:`HEADLINE_METRICS`: ``rmse``, ``naive_rmse``, ``rmse_ratio``,
         ``directional_accuracy`` and ``sharpe`` (the backtest strategy's annualised Sharpe
-        ratio); None where missing or not finite.
+        ratio); None where missing or not finite. For a global model's record (``pooled``,
+        ``per_asset``) the pooled figures: the mean RMSE ratio, the directional accuracy over
+        all forecasts, the mean of the assets' Sharpe ratios; ``rmse`` and ``naive_rmse`` None
+        (prices of different assets do not add up).
     """
+    if isinstance(record.get("pooled"), Mapping):
+        pooled = record["pooled"]
+        sharpes = [headline(r)["sharpe"] for r in asset_records(record).values()]
+        known = [v for v in sharpes if v is not None]
+        return {
+            "rmse": None,
+            "naive_rmse": None,
+            "rmse_ratio": _finite_or_none(pooled.get("rmse_ratio")),
+            "directional_accuracy": _finite_or_none(pooled.get("directional_accuracy")),
+            "sharpe": float(np.mean(known)) if known and len(known) == len(sharpes) else None,
+        }
     out: dict[str, float | None] = {}
     for name, path in HEADLINE_METRICS.items():
         value: Any = record
         for key in path:
             value = value.get(key) if isinstance(value, Mapping) else None
-        finite = isinstance(value, (int, float)) and not isinstance(value, bool)
-        out[name] = float(value) if finite and math.isfinite(value) else None
+        out[name] = _finite_or_none(value)
     return out
+
+
+def asset_records(record: Mapping[str, Any]) -> dict[str, Mapping[str, Any]]:
+    """A global model's evaluation records by asset (``per_asset``); empty for one asset."""
+    per_asset = record.get("per_asset")
+    return dict(per_asset) if isinstance(per_asset, Mapping) else {}
+
+
+def _finite_or_none(value: Any) -> float | None:
+    finite = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return float(value) if finite and math.isfinite(value) else None
 
 
 def _as_vector(values: Any, name: str, length: int | None = None) -> np.ndarray:

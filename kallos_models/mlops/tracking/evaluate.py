@@ -25,7 +25,7 @@ from kallos_models.mlops.tracking.client import (
     enabled,
     session,
 )
-from kallos_models.modelling.metrics import headline
+from kallos_models.modelling.metrics import asset_records, headline
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +60,9 @@ def log_evaluation(
 
     The version is found by the sha256 of the bundle's manifest (its ``manifest_sha256``
     tag). Its run gets the ``holdout.*`` metrics and the files under ``evaluation/``; the
-    version gets the headline numbers and the window as ``holdout.*`` tags. A bundle that no
+    version gets the headline numbers and the window as ``holdout.*`` tags (a global model's
+    pooled ones, each asset's as ``holdout.asset.{ASSET}.*`` and the list as
+    ``holdout.assets``). A bundle that no
     version holds is logged in a new ``evaluate`` run, with a warning.
 
     Parameters
@@ -99,7 +101,8 @@ def log_evaluation(
             )
             run = client.create_run(
                 _experiment_id(client, settings),
-                run_name=f"evaluate {record.get('model_name')}_{record.get('asset_id')}",
+                run_name=f"evaluate {record.get('model_name')}_"
+                f"{record.get('basket') or record.get('asset_id')}",
                 tags={TAG_KIND: "evaluate", TAG_MANIFEST: manifest_sha},
             )
             run_id = run.info.run_id
@@ -115,7 +118,12 @@ def log_evaluation(
             client.log_artifact(run_id, str(metrics_path), "evaluation")
             client.log_artifact(run_id, str(plot_path), "evaluation")
         if version is not None:
-            numbers = {f"{HOLDOUT}{k}": v for k, v in headline(record).items()}
+            numbers: dict[str, Any] = {f"{HOLDOUT}{k}": v for k, v in headline(record).items()}
+            per_asset = asset_records(record)  # a global model: each asset's, for the gates
+            if per_asset:
+                numbers[f"{HOLDOUT}assets"] = ",".join(per_asset)
+            for asset, own in per_asset.items():
+                numbers.update({f"{HOLDOUT}asset.{asset}.{k}": v for k, v in headline(own).items()})
             for key, value in {**numbers, **window}.items():
                 text = "" if value is None else _param_value(value)
                 client.set_model_version_tag(version.name, version.version, key, text)

@@ -22,6 +22,7 @@ from kallos_models.mlops.tracking.client import (
     registered_model_name,
     session,
 )
+from kallos_models.modelling.basket import basket_assets
 
 if TYPE_CHECKING:
     from kallos_models.stages.train import TrainResult
@@ -136,6 +137,8 @@ def _training_params(manifest: Mapping[str, Any]) -> dict[str, Any]:
         "precision",
     )
     params = {key: manifest.get(key) for key in keys}
+    if basket := basket_assets(manifest):
+        params["basket"] = ",".join(basket)
     for key, value in (manifest.get("params") or {}).items():
         params.setdefault(key, value)
     return params
@@ -235,6 +238,8 @@ def log_training(settings: Settings, result: TrainResult) -> dict[str, Any] | No
                 "timeframe": manifest.get("timeframe"),
                 "train_start": manifest.get("train_start"),
                 "train_end": manifest.get("train_end"),
+                # a global model's assets: evaluate and predict take any of them
+                **({"basket": ",".join(basket)} if (basket := basket_assets(manifest)) else {}),
             },
         )
     tracked = {

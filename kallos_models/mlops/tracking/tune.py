@@ -21,6 +21,7 @@ from kallos_models.mlops.tracking.client import (
     require_mlflow,
     session,
 )
+from kallos_models.stage_settings import tune_settings
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ class TuneTracker:
                     TAG_KIND: "tune",
                     "optuna.study_name": study_name,
                     "kallos.model_name": s.model_name,
-                    "kallos.asset_id": s.asset_id,
+                    "kallos.asset_id": tune_settings(s).asset_id,
                     "kallos.timeframe": s.timeframe,
                 },
             )
@@ -79,9 +80,9 @@ class TuneTracker:
                     run.info.run_id,
                     params={
                         "model_name": s.model_name,
-                        "asset_id": s.asset_id,
+                        "asset_id": s.asset_id,  # one asset, or the basket as a list
                         "timeframe": s.timeframe,
-                        "metric": s.metric,
+                        "metric": tune_settings(s).metric,
                         "n_trials": s.n_trials,
                         "tune_end_date": s.tune_end_date,
                         "start_date": s.start_date,

@@ -27,7 +27,15 @@ from kallos_models.modelling import fitting, zoo
 from kallos_models.modelling.ensemble import is_ensemble
 from kallos_models.stage_settings import TuneSettings, study_name_for, tune_settings
 from kallos_models.stages.tune.interrupts import finish_before_stopping
-from kallos_models.stages.tune.objective import Job, SearchSpaceFn, owner_tag, prepare, replace_job
+from kallos_models.stages.tune.objective import (
+    Job,
+    SearchSpaceFn,
+    calendar,
+    folds,
+    owner_tag,
+    prepare,
+    replace_job,
+)
 from kallos_models.stages.tune.quiet import quiet
 from kallos_models.stages.tune.reports import write_outputs
 from kallos_models.stages.tune.storage import (
@@ -135,6 +143,7 @@ _STUDY_KEYS = (
     "start_date",
     "target_col",
     "target_transform",
+    "assets",
 )
 
 
@@ -148,6 +157,7 @@ def _study_attrs(settings: TuneSettings) -> dict[str, Any]:
         "start_date": None if settings.start is None else str(settings.start),
         "target_col": settings.features.target_col,
         "target_transform": settings.features.target_transform,
+        "assets": list(settings.assets or (settings.asset_id,)),
     }
 
 
@@ -260,19 +270,25 @@ def tune(
     storage_spec = storage_spec_for(settings)
     max_lookback = zoo.max_input_chunk_length(settings.model_name, settings.timeframe)
     indicators = resolve_indicators(settings.features.indicators)  # bad entries fail now
+    assets = settings.assets or (settings.asset_id,)
     engine = db.create_db_engine(settings.database.url)
     try:
-        frame = datasets.load_features_from_db(
-            settings.asset_id,
-            settings.end,
-            engine,
-            start_date=settings.start,
-            timeframe=settings.timeframe,
-            max_gap_bars=settings.max_gap_bars,
-            indicators=indicators,
-        )
+        frames = {
+            asset: datasets.load_features_from_db(
+                asset,
+                settings.end,
+                engine,
+                start_date=settings.start,
+                timeframe=settings.timeframe,
+                max_gap_bars=settings.max_gap_bars,
+                indicators=indicators,
+            )
+            for asset in assets
+        }
     finally:
         engine.dispose()
+    # a basket's folds are cut on the period all its assets cover: same dates for every asset
+    frame = calendar(frames) if len(frames) > 1 else frames[assets[0]]
     sizes = _fold_sizes(frame, settings, max_lookback)
     job = Job(
         settings=settings,
@@ -290,23 +306,20 @@ def tune(
         ),
         show_progress=show_progress,
         deadline=None,
+        frames=frames if len(frames) > 1 else None,
     )
-    first_train, first_val = next(
-        datasets.get_walk_forward_splits(
-            frame, job.n_splits, job.val_size, min_train_size=job.min_train_size
-        )
-    )
-    prepare(job, first_train, first_val)  # feature columns and values, before any trial
+    first = folds(job)[0]
+    prepare(job, first)  # feature columns and values, before any trial
     logger.info(
-        "%s %s: %d rows %s .. %s; %d folds of %d validation bars (first training part %d rows)",
-        settings.asset_id,
+        "%s %s: %d rows %s .. %s; %d folds of %d validation bars (first training part %s rows)",
+        ", ".join(assets),
         settings.timeframe,
-        len(frame),
+        sum(len(f) for f in frames.values()),
         frame.index[0],
         frame.index[-1],
         job.n_splits,
         job.val_size,
-        len(first_train),
+        "/".join(str(len(train)) for train, _ in first.values()),
     )
 
     with quiet(show_progress):

@@ -16,8 +16,8 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from kallos_models.data import datasets
-from kallos_models.errors import ConfigError, ModelError
-from kallos_models.modelling import series, zoo
+from kallos_models.errors import ConfigError, DataError, ModelError
+from kallos_models.modelling import basket, series, zoo
 from kallos_models.stage_settings import TuneSettings
 from kallos_models.stages.tune.storage import StorageSpec, TrialGate
 
@@ -34,7 +34,7 @@ class Job:
     """Everything one worker needs; pickled to spawned workers."""
 
     settings: TuneSettings
-    frame: pd.DataFrame
+    frame: pd.DataFrame  # one asset's rows; for a basket the calendar the folds are cut on
     n_splits: int
     val_size: int
     min_train_size: int
@@ -46,6 +46,8 @@ class Job:
     show_progress: bool
     deadline: float | None
     torch_threads: int | None = None
+    #: A basket's rows by asset (a global model); None for one asset.
+    frames: dict[str, pd.DataFrame] | None = None
 
 
 def replace_job(job: Job, **changes: Any) -> Job:
@@ -63,17 +65,72 @@ def _fold_score(metrics: Mapping[str, Any], metric: str) -> float:
     return float("nan") if value is None else float(value)
 
 
-def _folds(job: Job) -> list[tuple[pd.DataFrame, pd.DataFrame]]:
-    return list(
-        datasets.get_walk_forward_splits(
-            job.frame, job.n_splits, job.val_size, min_train_size=job.min_train_size
+def calendar(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
+    """The period every asset of a basket covers (its first asset's rows there): the folds
+    are cut on it, so each fold splits all assets at the same dates."""
+    start = max(frame.index[0] for frame in frames.values())
+    end = min(frame.index[-1] for frame in frames.values())
+    if start > end:
+        first = min(frames, key=lambda a: frames[a].index[-1])
+        last = max(frames, key=lambda a: frames[a].index[0])
+        raise DataError(
+            f"the basket's assets share no period: {first}'s rows end at "
+            f"{frames[first].index[-1]}, before {last}'s start at {frames[last].index[0]}; "
+            "tune assets whose histories overlap"
         )
+    return next(iter(frames.values())).loc[start:end]
+
+
+def folds(job: Job) -> list[dict[str, tuple[pd.DataFrame, pd.DataFrame]]]:
+    """Each fold's training and validation rows, by asset. A basket's validation rows are
+    those of the calendar fold's dates; each asset trains on all its rows before them."""
+    splits = datasets.get_walk_forward_splits(
+        job.frame, job.n_splits, job.val_size, min_train_size=job.min_train_size
+    )
+    if job.frames is None:
+        return [{job.settings.asset_id: split} for split in splits]
+    out = []
+    for _, val_ref in splits:
+        start, end = val_ref.index[0], val_ref.index[-1]
+        out.append({a: (f.loc[f.index < start], f.loc[start:end]) for a, f in job.frames.items()})
+    return out
+
+
+def prepare(job: Job, parts: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]]) -> Any:
+    """The fold's preprocessing fitted on each asset's training rows and its series."""
+    if job.frames is None:
+        ((train_df, val_df),) = parts.values()
+        return series.prepare_from_settings(job.settings.features, train_df, val_df)
+    return basket.prepare_basket(
+        parts,
+        job.settings.features,
+        static_covariates=zoo.supports_static_covariates(job.settings.model_name),
     )
 
 
-def prepare(job: Job, train_df: pd.DataFrame, val_df: pd.DataFrame) -> Any:
-    """The fold's preprocessing fitted on ``train_df`` and its series (features checked)."""
-    return series.prepare_from_settings(job.settings.features, train_df, val_df)
+def _score_asset(
+    model: Any, preprocessor: Any, asset: str, train_df: pd.DataFrame, val_df: pd.DataFrame
+) -> dict[str, Any]:
+    """One asset's one-step forecasts of its fold's validation rows, scored against naive."""
+    from kallos_models.modelling import forecasting, metrics
+
+    own = (
+        preprocessor.member(asset)
+        if isinstance(preprocessor, basket.BasketPreprocessor)
+        else preprocessor
+    )
+    needed = forecasting.lookback_bars(
+        forecasting.model_chunk_lengths(model)[0], 1, own.target_transform
+    )
+    context = pd.concat([train_df.iloc[-needed:], val_df])
+    forecasts = forecasting.rolling_forecasts(model, own, context, start=val_df.index[0], horizon=1)
+    return metrics.compute_metrics(
+        forecasts["actual"].to_numpy(),
+        forecasts["forecast"].to_numpy(),
+        forecasts["naive"].to_numpy(),
+        origin=forecasts["origin_close"].to_numpy(),
+        horizon=1,
+    )
 
 
 def make_objective(job: Job, gate: TrialGate) -> Callable[[Any], float]:
@@ -84,12 +141,12 @@ def make_objective(job: Job, gate: TrialGate) -> Callable[[Any], float]:
     """
     import optuna
 
-    from kallos_models.modelling import fitting, forecasting, metrics
+    from kallos_models.modelling import fitting
 
     s = job.settings
     spec = zoo.get_spec(s.model_name)
     space = job.search_space or spec.search_space
-    folds = _folds(job)
+    fold_parts = folds(job)
     trainer_kwargs = fitting.build_trainer_kwargs(
         accelerator=s.trainer.accelerator,
         devices=s.trainer.devices,
@@ -118,21 +175,29 @@ def make_objective(job: Job, gate: TrialGate) -> Callable[[Any], float]:
         best_epochs: list[int] = []
         epochs_run: list[int] = []
         fold_seconds: list[float] = []
-        trial.set_user_attr("fold_train_sizes", [len(tr) for tr, _ in folds])
-        trial.set_user_attr("fold_val_sizes", [len(va) for _, va in folds])
-        trial.set_user_attr("fold_val_starts", [str(va.index[0]) for _, va in folds])
+        by_asset: dict[str, list[float]] = {asset: [] for asset in fold_parts[0]}
+        first = [next(iter(parts.values())) for parts in fold_parts]
+        trial.set_user_attr("fold_train_sizes", [len(tr) for tr, _ in first])
+        trial.set_user_attr("fold_val_sizes", [len(va) for _, va in first])
+        trial.set_user_attr("fold_val_starts", [str(va.index[0]) for _, va in first])
 
         def record() -> None:
             trial.set_user_attr("fold_scores", scores)
             trial.set_user_attr("best_epochs", best_epochs)
             trial.set_user_attr("epochs_run", epochs_run)
             trial.set_user_attr("fold_seconds", [round(x, 3) for x in fold_seconds])
+            if job.frames is not None:  # a basket: each asset's own fold scores and mean
+                trial.set_user_attr("asset_fold_scores", by_asset)
+                trial.set_user_attr(
+                    "asset_scores",
+                    {a: sum(v) / len(v) if v else None for a, v in by_asset.items()},
+                )
             if best_epochs:
                 trial.set_user_attr("n_epochs", max(1, round(sum(best_epochs) / len(best_epochs))))
 
-        for index, (train_df, val_df) in enumerate(folds):
+        for index, parts in enumerate(fold_parts):
             started = time.perf_counter()
-            prepared = prepare(job, train_df, val_df)
+            prepared = prepare(job, parts)
             try:
                 # Lightning turns Ctrl-C in a fit or a predict into sys.exit(1); this makes it a
                 # KeyboardInterrupt again, which Optuna turns into a FAIL and re-raises
@@ -145,32 +210,22 @@ def make_objective(job: Job, gate: TrialGate) -> Callable[[Any], float]:
                         seed=s.trainer.seed,
                         trainer_kwargs=trainer_kwargs,
                     )
-                    needed = forecasting.lookback_bars(
-                        forecasting.model_chunk_lengths(fit.model)[0],
-                        1,
-                        prepared.preprocessor.target_transform,
-                    )
-                    context = pd.concat([train_df.iloc[-needed:], val_df])
-                    forecasts = forecasting.rolling_forecasts(
-                        fit.model,
-                        prepared.preprocessor,
-                        context,
-                        start=val_df.index[0],
-                        horizon=1,
-                    )
-                scores_now = metrics.compute_metrics(
-                    forecasts["actual"].to_numpy(),
-                    forecasts["forecast"].to_numpy(),
-                    forecasts["naive"].to_numpy(),
-                    origin=forecasts["origin_close"].to_numpy(),
-                    horizon=1,
-                )
+                    asset_scores = {
+                        asset: _fold_score(
+                            _score_asset(fit.model, prepared.preprocessor, asset, *rows),
+                            s.metric,
+                        )
+                        for asset, rows in parts.items()
+                    }
             except ModelError as exc:  # e.g. a diverged model forecasting NaN
                 logger.warning("trial %d fold %d failed: %s", trial.number, index + 1, exc)
                 trial.set_user_attr("error", str(exc))
                 record()
                 return float("nan")
-            score = _fold_score(scores_now, s.metric)
+            for asset, value in asset_scores.items():
+                by_asset[asset].append(value)
+            # a basket's fold score: the mean of its assets' scale-free scores
+            score = sum(asset_scores.values()) / len(asset_scores)
             scores.append(score)
             if spec.deep:  # a regression model has no epochs to record
                 best_epochs.append(int(fit.best_epoch or fit.epochs_run or 1))
@@ -188,7 +243,7 @@ def make_objective(job: Job, gate: TrialGate) -> Callable[[Any], float]:
             trial.report(score, step=index)
             if trial.should_prune():
                 raise optuna.TrialPruned(
-                    f"pruned after fold {index + 1}/{len(folds)}: {s.metric} {score:.6g}"
+                    f"pruned after fold {index + 1}/{len(fold_parts)}: {s.metric} {score:.6g}"
                 )
         return float(sum(scores) / len(scores))
 

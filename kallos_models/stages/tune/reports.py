@@ -49,6 +49,9 @@ def _best_payload(
         "optuna_schema": spec.schema,
         "best_trial": best.number,
         "fold_scores": best.user_attrs.get("fold_scores"),
+        # a basket's assets and the best trial's mean score on each
+        "assets": list(settings.assets or (settings.asset_id,)),
+        "asset_scores": best.user_attrs.get("asset_scores"),
         "end_date": str(settings.end),
         "start_date": None if settings.start is None else str(settings.start),
     }
