@@ -280,6 +280,22 @@ def test_a_regression_model_reads_the_asset_identity(sqlite_url, tmp_path):
 
     model = bundles.load_bundle(trained["paths"]["model"]).model
     assert model.uses_static_covariates
+    # what works on one asset's model only is refused, naming why
+    window = ("--test-start-date", TEST_START, "--test-end-date", TEST_END)
+    out = tmp_path / "eval"
+    retrain = run_cli(
+        "evaluate", "--model-name", "linear", "--asset-id", "BTC", "--model-path",
+        trained["paths"]["model"], "--db-url", sqlite_url, "--retrain-every", "5",
+        "--output-path", str(out), *window,
+    )  # fmt: skip
+    assert_error(retrain, "global model over BTC-ETH-SOL", "retraining backtest")
+    late = run_cli(
+        "evaluate", "--model-name", "linear", "--asset-id", "BTC,SOL", "--model-path",
+        trained["paths"]["model"], "--db-url", sqlite_url, "--output-path", str(out),
+        "--test-start-date", "2021-11-25", "--test-end-date", "2021-12-20",
+    )  # fmt: skip
+    assert_error(late, "SOL: asset 'SOL' (1d) has no bars between")
+    assert not out.exists() or not any(p for p in out.iterdir() if not p.name.startswith("."))
 
 
 def test_what_a_basket_cannot_do_yet_is_refused_before_any_data(sqlite_url, tmp_path):
@@ -406,6 +422,13 @@ def test_the_registry_lists_the_basket_and_gates_pooled_or_each_asset(
         "--output-path", str(tmp_path / "eval"),
     )  # fmt: skip
     ratios = {a: judged["per_asset"][a]["rmse_ratio"] for a in SCALES}
+    # evaluating part of the basket later does not replace the version's whole-basket numbers
+    run_cli_json(
+        "evaluate", "--model-name", "linear", "--asset-id", "SOL", "--model-path",
+        "models:/linear_BTC-ETH-SOL_1d/1", "--db-url", sqlite_url, *tracking,
+        "--test-start-date", TEST_START, "--test-end-date", TEST_END,
+        "--output-path", str(tmp_path / "sol"),
+    )  # fmt: skip
     rows = run_cli_json(
         "registry", "list", "--model-name", "linear", "--asset-id", "BTC,ETH,SOL", "--json",
         *tracking,

@@ -49,6 +49,15 @@ def _flatten(record: Mapping[str, Any], prefix: str) -> dict[str, float]:
     return out
 
 
+def _partial_basket(manifest_path: Path, per_asset: Mapping[str, Any]) -> tuple[str, ...]:
+    """A global model's basket when ``per_asset`` covers only part of it, else ``()``."""
+    if not per_asset:
+        return ()
+    manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+    basket = tuple((manifest.get("basket") or {}).get("assets") or ())
+    return basket if set(basket) - set(per_asset) else ()
+
+
 def log_evaluation(
     settings: Settings,
     manifest_path: Path,
@@ -62,7 +71,8 @@ def log_evaluation(
     tag). Its run gets the ``holdout.*`` metrics and the files under ``evaluation/``; the
     version gets the headline numbers and the window as ``holdout.*`` tags (a global model's
     pooled ones, each asset's as ``holdout.asset.{ASSET}.*`` and the list as
-    ``holdout.assets``). A bundle that no
+    ``holdout.assets``; an evaluation of part of a basket is logged to the run only, with a
+    warning, so the version's numbers always describe its whole basket). A bundle that no
     version holds is logged in a new ``evaluate`` run, with a warning.
 
     Parameters
@@ -117,9 +127,20 @@ def log_evaluation(
             _log(client, run_id, metrics=_flatten(record, HOLDOUT), tags=window)
             client.log_artifact(run_id, str(metrics_path), "evaluation")
             client.log_artifact(run_id, str(plot_path), "evaluation")
-        if version is not None:
+        per_asset = asset_records(record)  # a global model: each asset's, for the gates
+        partial = _partial_basket(manifest_path, per_asset)
+        if version is not None and partial:
+            logger.warning(
+                "%s version %s: this evaluation covers %s of its basket %s, so the version's "
+                "hold-out numbers (what registry promote checks) are left as they were; "
+                "evaluate the whole basket to record them",
+                version.name,
+                version.version,
+                ", ".join(per_asset),
+                ", ".join(partial),
+            )
+        if version is not None and not partial:
             numbers: dict[str, Any] = {f"{HOLDOUT}{k}": v for k, v in headline(record).items()}
-            per_asset = asset_records(record)  # a global model: each asset's, for the gates
             if per_asset:
                 numbers[f"{HOLDOUT}assets"] = ",".join(per_asset)
             for asset, own in per_asset.items():
