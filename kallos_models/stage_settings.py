@@ -41,6 +41,7 @@ __all__ = [
     "data_source",
     "evaluate_settings",
     "require",
+    "run_label",
     "storage_source",
     "study_name_for",
     "train_settings",
@@ -227,16 +228,25 @@ def _required_date(settings: Settings, key: str) -> pd.Timestamp:
     return value
 
 
+def run_label(settings: Settings) -> str | None:
+    """The name a run's files, study and registered model carry: the asset, or a basket's
+    short name (``--run-name``, else :func:`kallos_models.files.basket_name`); None without
+    an asset."""
+    assets = asset_list(settings.asset_id)
+    if len(assets) > 1:
+        return basket_name(assets, settings.run_name)
+    return assets[0] if assets else None
+
+
 def basket_of(settings: Settings) -> tuple[tuple[str, ...], str]:
-    """The required ``asset_id`` as its assets and the name the run's files carry: the asset,
-    or a basket's short name (``--run-name``, else :func:`kallos_models.files.basket_name`)."""
+    """The required ``asset_id`` as its assets and :func:`run_label`."""
     assets = asset_list(require(settings, "asset_id"))
     if len(assets) == 1 and settings.run_name:
         raise ConfigError(
             f"--run-name names the files of a basket (--asset-id A,B,...), but the run is of "
             f"one asset, {assets[0]!r}, whose name its files carry: drop --run-name"
         )
-    return assets, assets[0] if len(assets) == 1 else basket_name(assets, settings.run_name)
+    return assets, str(run_label(settings))
 
 
 @dataclass(frozen=True)
@@ -376,9 +386,9 @@ class TuneSettings:
 def study_name_for(settings: Settings) -> str:
     """``study_name``, or ``{model}_{asset}_{timeframe}`` (``gru_BTC_1d``; a basket's short
     name for the asset: ``gru_BTC-ETH-SOL_4h``)."""
-    assets = asset_list(settings.asset_id)
-    name = basket_name(assets, settings.run_name) if len(assets) > 1 else settings.asset_id
-    return settings.study_name or f"{settings.model_name}_{name}_{settings.timeframe}"
+    return (
+        settings.study_name or f"{settings.model_name}_{run_label(settings)}_{settings.timeframe}"
+    )
 
 
 #: Tuning scores that mean the same on every asset's prices, so a basket's may be averaged.

@@ -1,11 +1,12 @@
 """Evaluate several bundles on one hold-out window and rank them: :func:`compare_models`.
 
 This is orchestration above the evaluate stage (a stage never imports another, and ranking
-several evaluations is no single stage's job): each bundle is judged by
-:func:`kallos_models.stages.evaluate.evaluate_model` exactly as ``kallos-run evaluate`` judges
-it, with the same settings but the bundle's own model name; a ``models:/`` URI is resolved by
-:func:`kallos_models.mlops.registry.downloaded_bundle`, as :func:`kallos_models.pipeline.
-evaluate` resolves it. The rows are built by :mod:`kallos_models.compare.board`.
+several evaluations is no single stage's job): each bundle is loaded and verified once, then
+judged by :func:`kallos_models.stages.evaluate.holdout.evaluate_loaded` exactly as
+``kallos-run evaluate`` judges it, with the same settings but the bundle's own model name; a
+``models:/`` URI is resolved by :func:`kallos_models.mlops.registry.downloaded_bundle`, as
+:func:`kallos_models.pipeline.evaluate` resolves it. The rows are built by
+:mod:`kallos_models.compare.board`.
 
 Everything is written under a hidden staging folder in the output folder and moved into place
 only once every model is scored, so a refused or failed comparison leaves no file behind.
@@ -89,6 +90,8 @@ class _Bundle:
     label: str = ""
     #: A global model's basket; empty for a single-asset model.
     assets: tuple[str, ...] = ()
+    #: The verified bundle, loaded once and evaluated as it is.
+    loaded: Any = None
 
     @property
     def held(self) -> tuple[str, ...]:
@@ -142,7 +145,8 @@ def _open(stack: contextlib.ExitStack, settings: Settings, source: str) -> _Bund
             from kallos_models.mlops import registry
 
             local, _, _ = stack.enter_context(registry.downloaded_bundle(settings, source))
-        manifest = load_bundle(local).manifest  # checksums and digest before unpickling
+        loaded = load_bundle(local)  # checksums and digest before unpickling
+        manifest = loaded.manifest
     except KallosError as exc:
         _naming(exc, source)
         raise
@@ -154,6 +158,7 @@ def _open(stack: contextlib.ExitStack, settings: Settings, source: str) -> _Bund
         timeframe=str(manifest.get("timeframe")),
         train_end=parse_date(manifest.get("train_end"), "train_end"),
         assets=basket_assets(manifest) or (),
+        loaded=loaded,
     )
 
 
@@ -221,18 +226,14 @@ def _refuse_overlap(test_start: pd.Timestamp, bundles: list[_Bundle]) -> None:
 def _evaluate(
     stage: EvaluateSettings, bundle: _Bundle, folder: Path, horizon: int | None
 ) -> EvaluationResult:
-    """``evaluate_model`` of one bundle into ``folder`` (a global model's: on the stage's
-    asset, as if it were that asset's model); its errors name the bundle."""
-    from kallos_models.modelling.bundles import load_bundle
-    from kallos_models.stages.evaluate import evaluate_model
+    """The loaded bundle evaluated as ``evaluate`` does (a global model's as if it were the
+    stage's asset's model) into ``folder``; its errors name the bundle."""
     from kallos_models.stages.evaluate.holdout import evaluate_loaded
 
     own = dataclasses.replace(stage, model_name=bundle.model_name, output_dir=folder)
     try:
-        if bundle.assets:
-            view = asset_view(load_bundle(bundle.local), str(stage.asset_id))
-            return evaluate_loaded(own, view, horizon=horizon, source=bundle.source)
-        return evaluate_model(own, model_path=bundle.local, horizon=horizon, source=bundle.source)
+        view = asset_view(bundle.loaded, str(stage.asset_id)) if bundle.assets else bundle.loaded
+        return evaluate_loaded(own, view, horizon=horizon, source=bundle.source)
     except KallosError as exc:
         _naming(exc, bundle.source)
         raise
@@ -359,7 +360,8 @@ def compare_models(
     Steps: at least two different bundles (:func:`distinct_sources`) and both window dates;
     every bundle opened and verified (a ``models:/`` URI downloaded first), all of one asset
     and timeframe, the window after every bundle's training rows; then each bundle evaluated
-    by :func:`kallos_models.stages.evaluate.evaluate_model` with the same settings (window,
+    by the evaluate stage (``evaluate_loaded``, what ``evaluate_model`` runs once a bundle is
+    loaded) with the same settings (window,
     horizon, database, gap rule, backtest rules) and its own model name; every model's
     forecasts checked to cover exactly the same bars; the rows ranked
     (:func:`kallos_models.compare.board.leaderboard_rows`: Diebold-Mariano against naive and

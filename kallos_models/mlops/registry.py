@@ -25,13 +25,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from kallos_models.config import Settings, asset_list
+from kallos_models.config import Settings
 from kallos_models.errors import ConfigError, GateRefusal, PromotionError, TrackingError
-from kallos_models.files import basket_name
 from kallos_models.mlops import tracking
 from kallos_models.mlops.gates import Thresholds, failures
 from kallos_models.mlops.tracking import HOLDOUT, TAG_RETIRED
 from kallos_models.modelling.metrics import HEADLINE_METRICS
+from kallos_models.stage_settings import run_label
 
 logger = logging.getLogger(__name__)
 
@@ -74,9 +74,9 @@ def registered_model_for(settings: Settings) -> str:
             "name the registered model: pass --asset-id (and --model-name, --timeframe); "
             "versions are registered as {model}_{asset}_{timeframe}, e.g. gru_BTC_1d"
         )
-    assets = asset_list(settings.asset_id)
-    name = basket_name(assets, settings.run_name) if len(assets) > 1 else settings.asset_id
-    return tracking.registered_model_name(settings.model_name, name, settings.timeframe)
+    return tracking.registered_model_name(
+        settings.model_name, str(run_label(settings)), settings.timeframe
+    )
 
 
 def parse_models_uri(uri: str) -> tuple[str, str | None, str | None]:

@@ -264,38 +264,31 @@ def predict(
             a: basket.asset_view(bundle, a) for a in basket.select_assets(manifest, s.asset_id)
         }
     as_of = s.as_of if s.as_of is not None else pd.Timestamp.now(tz="UTC").tz_localize(None)
-    model_id = bundle_identity(manifest)
-    model_name = str(manifest.get("model_name") or "")
     reg = dict(registered or {})
-    where = str(Path(model_path)) if source is None else source
+    model_id = bundle_identity(manifest)  # the forecasts table's key
+    model = {  # the "model" of every record; each asset's train_end is added to it
+        "name": str(manifest.get("model_name") or ""),
+        "registered_model": reg.get("name"),
+        "version": reg.get("version"),
+        "bundle_sha256": model_id.removeprefix("sha256:"),
+        "source": str(Path(model_path)) if source is None else source,
+    }
     engine = db.create_db_engine(s.database.url)
     try:
-        made = {
-            asset: _forecast(s, engine, view, asset, timeframe, as_of)
-            for asset, view in views.items()
-        }
-        created = pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s")
-        rows = [
-            row
-            for asset, (path, origin, origin_close) in made.items()
-            for row in _rows(
-                path, asset, timeframe, origin, origin_close, created, model_id, reg, model_name
-            )
+        made = [
+            _forecast(s, engine, view, asset, timeframe, as_of) for asset, view in views.items()
         ]
+        created = pd.Timestamp.now(tz="UTC").tz_localize(None).floor("s")
+        rows = [row for one in made for row in _rows(one, timeframe, created, model_id, model)]
         # one statement: every asset's forecast is stored, or none
         stored = forecast_store.store_forecasts(engine, rows) if s.store else None
     finally:
         engine.dispose()
-    records = {
-        asset: _record(
-            views[asset], asset, timeframe, path, origin, origin_close, as_of, where, reg, stored
-        )
-        for asset, (path, origin, origin_close) in made.items()
-    }
+    records = {one.asset: _record(one, timeframe, as_of, model, stored) for one in made}
     if in_basket is None:
-        record = records[named]
-    elif len(records) == 1:
-        record = {**next(iter(records.values())), "basket": named}
+        return PredictResult(record=records[named], forecasts=made[0].path)
+    if len(records) == 1:
+        record = {**records[made[0].asset], "basket": named}
     else:
         record = {
             "basket": named,
@@ -303,12 +296,20 @@ def predict(
             "stored": None if stored is None else stored.as_dict(),
             "per_asset": records,
         }
-    forecasts = (
-        made[named][0]
-        if in_basket is None
-        else pd.concat([path.assign(asset_id=asset) for asset, (path, _, _) in made.items()])
-    )
+    forecasts = pd.concat([one.path.assign(asset_id=one.asset) for one in made])
     return PredictResult(record=record, forecasts=forecasts)
+
+
+@dataclass(frozen=True)
+class _Made:
+    """One asset's forecast: the bundle (a global model's asset view) that made it, the path
+    in prices, its origin bar and that bar's close."""
+
+    asset: str
+    bundle: Any
+    path: pd.DataFrame
+    origin: pd.Timestamp
+    origin_close: float
 
 
 def _forecast(
@@ -318,8 +319,8 @@ def _forecast(
     asset: str,
     timeframe: str,
     as_of: pd.Timestamp,
-) -> tuple[pd.DataFrame, pd.Timestamp, float]:
-    """One asset's forecast path after its newest closed bar, the bar and its close."""
+) -> _Made:
+    """One asset's forecast path after its newest closed bar."""
     from kallos_models.data import datasets
     from kallos_models.modelling import bundle_files
 
@@ -359,34 +360,31 @@ def _forecast(
     )
     name = str(manifest.get("model_name") or "")
     logger.info("%s %s %s: forecast from %s for %s", name, asset, timeframe, origin, path.index[-1])
-    return path, origin, float(frame[preprocessor.target_col].iloc[-1])
+    return _Made(asset, bundle, path, origin, float(frame[preprocessor.target_col].iloc[-1]))
 
 
 def _rows(
-    path: pd.DataFrame,
-    asset: str,
+    made: _Made,
     timeframe: str,
-    origin: pd.Timestamp,
-    origin_close: float,
     created: pd.Timestamp,
     model_id: str,
-    reg: Mapping[str, Any],
-    name: str,
+    model: Mapping[str, Any],
 ) -> list[dict[str, Any]]:
     """The forecasts table's rows of one asset's forecast path."""
+    path, version = made.path, model["version"]
     return [
         {
             "model_id": model_id,
-            "asset_id": asset,
+            "asset_id": made.asset,
             "timeframe": timeframe,
-            "origin_time": origin.to_pydatetime(),
+            "origin_time": made.origin.to_pydatetime(),
             "step": int(step),
             "target_time": when.to_pydatetime(),
             "forecast": float(value),
-            "origin_close": origin_close,
-            "model_name": name,
-            "registered_model": reg.get("name"),
-            "model_version": None if reg.get("version") is None else str(reg["version"]),
+            "origin_close": made.origin_close,
+            "model_name": model["name"],
+            "registered_model": model["registered_model"],
+            "model_version": None if version is None else str(version),
             "created_at": created.to_pydatetime(),
         }
         for when, step, value in zip(path.index, path["step"], path["forecast"], strict=True)
@@ -394,43 +392,27 @@ def _rows(
 
 
 def _record(
-    bundle: Any,
-    asset: str,
-    timeframe: str,
-    path: pd.DataFrame,
-    origin: pd.Timestamp,
-    origin_close: float,
-    as_of: pd.Timestamp,
-    source: str,
-    reg: Mapping[str, Any],
-    stored: Any,
+    made: _Made, timeframe: str, as_of: pd.Timestamp, model: Mapping[str, Any], stored: Any
 ) -> dict[str, Any]:
     """The JSON of one asset's forecast."""
-    manifest = bundle.manifest
+    manifest, path, close = made.bundle.manifest, made.path, made.origin_close
     return {
-        "asset_id": asset,
+        "asset_id": made.asset,
         "timeframe": timeframe,
-        "model": {
-            "name": str(manifest.get("model_name") or ""),
-            "registered_model": reg.get("name"),
-            "version": reg.get("version"),
-            "bundle_sha256": bundle_identity(manifest).removeprefix("sha256:"),
-            "source": source,
-            "train_end": manifest.get("train_end"),
-        },
+        "model": {**model, "train_end": manifest.get("train_end")},
         "as_of": as_of.isoformat(),
-        "origin": {"time": origin.isoformat(), "close": json_float(origin_close)},
-        "age_hours": json_float((as_of - origin).total_seconds() / 3600),
+        "origin": {"time": made.origin.isoformat(), "close": json_float(close)},
+        "age_hours": json_float((as_of - made.origin).total_seconds() / 3600),
         "horizon": len(path),
         "steps": [
             {
                 "step": int(step),
                 "time": when.isoformat(),
                 "forecast": json_float(value),
-                "return": json_float(value / origin_close - 1.0),
-                "log_return": json_float(float(np.log(value / origin_close))),
-                "naive": json_float(origin_close),
-                **_step_intervals(path.loc[when], bundle.quantiles),
+                "return": json_float(value / close - 1.0),
+                "log_return": json_float(float(np.log(value / close))),
+                "naive": json_float(close),
+                **_step_intervals(path.loc[when], made.bundle.quantiles),
             }
             for when, step, value in zip(path.index, path["step"], path["forecast"], strict=True)
         ],
