@@ -1,7 +1,7 @@
 """Hold-out RMSE of every registered model against naive persistence on real BTC daily bars.
 
 Trains each model with its registry defaults (epochs capped) on BTCUSDT 1d up to 2024-06-30 and
-evaluates 2024-07-01 .. 2025-07-04 at horizon 1, through the same library calls as
+evaluates 2024-07-02 .. 2025-07-04 at horizon 1, through the same library calls as
 `kallos-run train` and `kallos-run evaluate`. Prints a Markdown table on stdout.
 
     .venv/bin/python bench/holdout_ratios.py [--epochs 20] [--models gru,lstm] [--seed 42]
@@ -45,7 +45,7 @@ def main() -> None:
                 "model_name": model,
                 "timeframe": "1d",
                 "train_end_date": "2024-06-30",
-                "test_start_date": "2024-07-01",
+                "test_start_date": "2024-07-02",
                 "test_end_date": "2025-07-04",
                 "seed": args.seed,
                 "target_transform": args.target_transform,

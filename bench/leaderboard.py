@@ -2,7 +2,7 @@
 
 Real BTC bars from ../shared/data (``--timeframe 1d`` or ``4h``), trained to 2024-06-30
 through `stages.train.train_model` with the zoo's default parameters (lookback 30; the deep
-models ``--epochs`` epochs) and evaluated, all on the same hold-out 2024-07-01 .. 2025-07-04
+models ``--epochs`` epochs) and evaluated, all on the same hold-out 2024-07-02 .. 2025-07-04
 (one-step forecasts), by `compare.compare_models`, exactly as `kallos-run compare` ranks them.
 
 Every model gives the 80% and 90% intervals: the deep models and lightgbm by quantile
@@ -37,7 +37,7 @@ from typing import Any
 
 from _common import ingest_shared, record
 
-TRAIN_END, TEST_START, TEST_END = "2024-06-30", "2024-07-01", "2025-07-04"
+TRAIN_END, TEST_START, TEST_END = "2024-06-30", "2024-07-02", "2025-07-04"
 QUANTILES = "0.05,0.1,0.5,0.9,0.95"
 #: label -> (zoo model, interval method)
 ENTRIES: dict[str, tuple[str, str]] = {

@@ -25,7 +25,7 @@ from pathlib import Path
 
 from _common import ingest_shared, record_ratio, side_by_side
 
-TRAIN_END, TEST_START, TEST_END = "2024-06-30", "2024-07-01", "2025-06-30"
+TRAIN_END, TEST_START, TEST_END = "2024-06-30", "2024-07-02", "2025-06-30"
 EVERY = 30
 
 

@@ -34,6 +34,7 @@ logger = logging.getLogger(__name__)
 
 TargetTransform = Literal["log_return", "price"]
 Metric = Literal["rmse", "mae", "mape", "smape", "rmse_rel_naive"]
+Pruner = Literal["median", "hyperband", "halving", "none"]
 #: long/long_short trade the forecast's sign; *_interval only when the narrowest interval lies
 #: wholly above (below) the last close; *_confidence size by 2 P(up) - 1 from the quantiles.
 BacktestMode = Literal[
@@ -114,6 +115,8 @@ class Settings:
     devices: str = "auto"
     precision: str | None = None
     horizon: int = 1
+    #: Bars left out between training and validation/test rows; None: the horizon
+    gap: int | None = None
     # tuning
     #: The tuning score; None: rmse for one asset, rmse_rel_naive (scale-free) for a basket
     metric: Metric | None = None
@@ -122,6 +125,7 @@ class Settings:
     storage_url: str | None = None
     workers: int = 1
     timeout: float | None = None
+    pruner: Pruner = "median"
     heartbeat_interval: int = 60
     grace_period: int = 120
     # evaluation backtest
@@ -273,6 +277,8 @@ def _validate(s: Settings) -> None:
         raise ConfigError(f"max_epochs must be at least 1, got {s.max_epochs}")
     if s.horizon < 1:
         raise ConfigError(f"horizon must be at least 1, got {s.horizon}")
+    if s.gap is not None and s.gap < 0:
+        raise ConfigError(f"gap must be 0 or more bars, got {s.gap} (--gap)")
     if not s.tracking_experiment:
         raise ConfigError("tracking_experiment must not be empty; e.g. kallos-models")
     if s.max_gap_bars < 0:

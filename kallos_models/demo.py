@@ -46,12 +46,13 @@ class DemoResult:
 
 
 def split_dates(first: pd.Timestamp, last: pd.Timestamp, timeframe: str) -> dict[str, str]:
-    """Tune/train end and hold-out window: the last ``HOLDOUT_SHARE`` of the bars is the test."""
+    """Tune/train end and hold-out window: the last ``HOLDOUT_SHARE`` of the bars is the test,
+    one bar after the training data (the default gap at horizon 1)."""
     step = timeframe_to_timedelta(timeframe)
     n_bars = int((last - first) / step) + 1
     test_bars = max(int(n_bars * HOLDOUT_SHARE), 10)
     test_start = last - step * (test_bars - 1)
-    train_end = test_start - step
+    train_end = test_start - 2 * step
     if train_end <= first:
         raise DataError(f"{n_bars} bars are too few for a quickstart; give a longer file")
     return {

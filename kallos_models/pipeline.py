@@ -55,7 +55,7 @@ def tune(
     search_space : callable or None, default None
         ``(trial, timeframe) -> params`` replacing the registry's search space.
     pruner : optuna.pruners.BasePruner or None, default None
-        None: the stage's MedianPruner.
+        None: the one ``settings.pruner`` names.
 
     Returns
     -------
@@ -338,6 +338,8 @@ def run_tuning(
     show_progress = bool(kwargs.pop("show_progress", False))
     search_space = kwargs.pop("search_space", None)
     pruner = kwargs.pop("pruner", None)
+    if isinstance(pruner, str):  # a name, as --pruner takes: a setting like any other
+        kwargs["pruner"], pruner = pruner, None
     overrides: dict[str, Any] = {
         "asset_id": asset_id,
         "tune_end_date": None if end_date is None else str(end_date),

@@ -298,6 +298,8 @@ class EvaluateSettings:
     horizon: int
     max_gap_bars: int
     output_dir: Path
+    #: Bars required between the training data's end and the window; None: the horizon.
+    gap: int | None = None
     backtest_mode: BacktestMode = "long"
     backtest_threshold: float = 0.0
     fee_bps: float = 10.0
@@ -346,6 +348,7 @@ def evaluate_settings(
         test_start=start,
         test_end=end,
         horizon=settings.horizon,
+        gap=settings.gap,
         max_gap_bars=settings.max_gap_bars,
         output_dir=_output_dir(settings, "evaluate"),
         backtest_mode=settings.backtest_mode,
@@ -381,6 +384,10 @@ class TuneSettings:
     grace_period: int
     output_dir: Path
     assets: tuple[str, ...] = ()
+    #: Bars left out between each fold's training and validation rows.
+    gap: int = 1
+    #: The pruner's name (``pruning.PRUNERS``).
+    pruner: str = "median"
 
 
 def study_name_for(settings: Settings) -> str:
@@ -434,4 +441,6 @@ def tune_settings(settings: Settings) -> TuneSettings:
         grace_period=settings.grace_period,
         output_dir=_output_dir(settings, "tune"),
         assets=assets,
+        gap=settings.horizon if settings.gap is None else settings.gap,
+        pruner=settings.pruner,
     )

@@ -196,3 +196,19 @@ def assert_error(result, *needles: str, code: int = 1) -> str:
         assert needle in lines[0], lines[0]
     assert "Traceback" not in result.output
     return lines[0]
+
+
+def record_fit_ends(monkeypatch: Any) -> list[pd.Timestamp]:
+    """Patch FeaturePreprocessor.fit to record the last row of every frame it is fitted on;
+    returns the (growing) list."""
+    from kallos_models.modelling.preprocessing import FeaturePreprocessor
+
+    seen: list[pd.Timestamp] = []
+    real_fit = FeaturePreprocessor.fit
+
+    def recording_fit(self: FeaturePreprocessor, train: pd.DataFrame) -> FeaturePreprocessor:
+        seen.append(pd.Timestamp(train.index.max()))
+        return real_fit(self, train)
+
+    monkeypatch.setattr(FeaturePreprocessor, "fit", recording_fit)
+    return seen

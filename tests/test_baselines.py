@@ -32,7 +32,7 @@ LIGHTGBM = pytest.param(
 
 BARS = make_ohlcv(420, seed=3)
 TRAIN_END = BARS.index[299]
-TEST_START, TEST_END = BARS.index[300], BARS.index[359]
+TEST_START, TEST_END = BARS.index[301], BARS.index[359]
 DAY = pd.Timedelta(days=1)
 PARAMS: dict[str, dict[str, Any]] = {
     "linear": {"input_chunk_length": 8},
@@ -116,13 +116,13 @@ def test_train_evaluate_predict_and_score(model_name: str, db_url: str, tmp_path
     assert manifest["params"] == {**zoo.get_spec(model_name).defaults, **PARAMS[model_name]}
     assert manifest["train_end"] == TRAIN_END.isoformat()
 
-    # evaluate on the 60 bars after training: metrics against naive, a plot
+    # evaluate on the 59 bars after the gap: metrics against naive, a plot
     record = run_cli_json(
         "evaluate", *common, "--model-path", model_path, "--test-start-date",
         str(TEST_START.date()), "--test-end-date", str(TEST_END.date()),
         "--output-path", str(tmp_path / "eval"),
     )  # fmt: skip
-    assert record["n"] == 60 and record["rmse"] > 0 and record["rmse_ratio"] > 0
+    assert record["n"] == 59 and record["rmse"] > 0 and record["rmse_ratio"] > 0
     assert (tmp_path / "eval" / "BTC_evaluation_plot.png").is_file()
 
     # the loaded bundle forecasts what the model does on the same window
@@ -149,7 +149,8 @@ def test_tune_then_train_from_its_params_file(model_name: str, db_url: str, tmp_
     _ingest(db_url, BARS, tmp_path / "btc.csv")
     common = ("--model-name", model_name, "--asset-id", "BTC", "--db-url", db_url)
     summary = run_cli_json(
-        "tune", *common, "--end-date", str(TRAIN_END.date()), "--n-trials", "2",
+        # 251 rows: exactly what the folds need without a gap, so none here
+        "tune", *common, "--end-date", str(TRAIN_END.date()), "--n-trials", "2", "--gap", "0",
         "--output-path", str(tmp_path / "tune"), "--seed", "3",
     )  # fmt: skip
     counts = summary["trial_counts"]
@@ -192,16 +193,16 @@ def test_same_seed_same_lightgbm_and_a_retraining_backtest(sqlite_url: str, tmp_
         for i, p in enumerate(paths)
     ]
     assert evaluated[0]["rmse"] == evaluated[1]["rmse"]
-    # refit every 20 bars: three fits, each on the rows before its block only
+    # refit every 20 bars: three fits, each on the rows up to the gap before its block
     backtest = run_cli_json(
         "evaluate", *common, "--model-path", paths[0], *window,
         "--retrain-every", "20", "--output-path", str(tmp_path / "rt"),
     )  # fmt: skip
-    assert backtest["n_refits"] == 3 and backtest["n"] == 60
+    assert backtest["n_refits"] == 3 and backtest["n"] == 59
     assert [r["train_end"] for r in backtest["refits"]] == [
-        (TEST_START + k * 20 * DAY - DAY).isoformat() for k in range(3)
+        (TEST_START + k * 20 * DAY - 2 * DAY).isoformat() for k in range(3)
     ]
-    assert [r["n_forecasts"] for r in backtest["refits"]] == [20, 20, 20]
+    assert [r["n_forecasts"] for r in backtest["refits"]] == [20, 20, 19]
 
 
 def test_a_regression_bundle_without_its_model_file_is_refused(sqlite_url, tmp_path):

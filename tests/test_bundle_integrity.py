@@ -46,7 +46,7 @@ from tests.helpers import (
 
 REPO = Path(__file__).resolve().parents[1]
 END_DATE = "2021-05-01"
-TEST_START, TEST_END = "2021-05-02", "2021-05-25"
+TEST_START, TEST_END = "2021-05-03", "2021-05-25"
 BUNDLE_NAMES = ["gru_BTC.pt", "gru_BTC.pt.ckpt", "gru_BTC_manifest.json", "gru_BTC_scaler.pkl"]
 
 
@@ -373,7 +373,7 @@ def test_a_format_1_bundle_still_loads_and_evaluates(
     assert loaded.manifest["train_end"] == "2021-05-01T00:00:00"
     assert "manifest carries no digest" in caplog.text
     metrics = run_cli_json(*evaluate_args(market, paths.model, tmp_path))
-    assert metrics["n"] == 24 and metrics["train_end"] == "2021-05-01T00:00:00"
+    assert metrics["n"] == 23 and metrics["train_end"] == "2021-05-01T00:00:00"
 
     # what this version writes: format 2, sealed
     sealed = json.loads((market["bundle"] / "gru_BTC_manifest.json").read_text())

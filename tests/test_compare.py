@@ -31,7 +31,7 @@ from tests.helpers import (
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 BARS = make_ohlcv(360, seed=3)
 TRAIN_END = BARS.index[299]
-TEST_START, TEST_END = BARS.index[300], BARS.index[359]
+TEST_START, TEST_END = BARS.index[301], BARS.index[359]
 WINDOW = ("--test-start-date", str(TEST_START.date()), "--test-end-date", str(TEST_END.date()))
 #: different lookbacks on purpose: the window (and so the bars scored) is the same for all
 PARAMS: dict[str, dict[str, Any]] = {
@@ -93,7 +93,7 @@ def test_compare_ranks_real_bundles_on_one_window(db_url: str, tmp_path: Path) -
         assert 0.0 <= row["dm_p_value_vs_leader"] <= 1.0
     assert {row["source"] for row in rows} == set(paths.values())
     assert summary["asset_id"] == "BTC" and summary["timeframe"] == "1d"
-    assert summary["n"] == 60 and summary["horizon"] == 1
+    assert summary["n"] == 59 and summary["horizon"] == 1
     assert summary["first_forecast"] == TEST_START.isoformat()
     assert summary["last_forecast"] == TEST_END.isoformat()
 

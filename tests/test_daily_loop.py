@@ -61,7 +61,7 @@ def weekly(world: dict[str, Any], train_end: pd.Timestamp, test_end: pd.Timestam
     version = trained["tracking"]["version"]
     _ok(
         "evaluate", "--asset-id", "BTC", "--model-path", trained["paths"]["model"],
-        "--test-start-date", str((train_end + DAY).date()),
+        "--test-start-date", str((train_end + 2 * DAY).date()),  # the gap: one bar
         "--test-end-date", str(test_end.date()), "--output-path", f"{out}_eval",
         "--db-url", world["db"], *tracking,
     )  # fmt: skip

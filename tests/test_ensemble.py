@@ -26,7 +26,7 @@ from tests.helpers import (
 
 BARS = make_ohlcv(560, seed=5)
 TRAIN_END = BARS.index[419]
-TEST_START, TEST_END = BARS.index[420], BARS.index[-1]
+TEST_START, TEST_END = BARS.index[421], BARS.index[-1]
 GRU = {**tiny_params("gru"), "n_epochs": 1}
 LIGHTGBM = {**tiny_params("lightgbm"), "n_estimators": 20}
 LINEAR = tiny_params("linear")  # the same lookback as lightgbm's: the same bars loaded
@@ -148,7 +148,7 @@ def test_an_ensemble_round_trips_train_evaluate_predict_compare(
         trained["paths"]["model"], "--db-url", db_url, "--output-path",
         str(tmp_path / "eval"), *_window(),
     )  # fmt: skip
-    assert metrics["model_name"] == "ensemble" and metrics["n"] == len(BARS) - 420
+    assert metrics["model_name"] == "ensemble" and metrics["n"] == len(BARS) - 421
     assert np.isfinite(metrics["rmse_ratio"])
 
     forecast = run_cli_json(

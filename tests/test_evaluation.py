@@ -290,7 +290,7 @@ def test_safe_asset_name():
 # --------------------------------------------------------------------------------------------
 
 TRAIN_END = "2021-09-15"
-TEST_START = "2021-09-16"
+TEST_START = "2021-09-17"
 TEST_END = "2021-11-10"
 
 
@@ -333,8 +333,12 @@ def test_evaluate_model_writes_metrics_and_plot(trained_bundle, tmp_path):
     assert written["naive"]["directional_accuracy"] is None
     assert set(written["diebold_mariano"]) >= {"statistic", "p_value", "loss", "horizon"}
     assert result.plot_path.read_bytes().startswith(PNG_MAGIC)
-    # horizon 2 (= output_chunk_length) also scores every bar of the window
-    h2 = evaluate_model(settings, model_path=trained_bundle["paths"].model, horizon=2)
+    assert written["gap"] == 1
+    # horizon 2 (= output_chunk_length) also scores every bar of the window; one bar between
+    # training and window is the least it needs (its first origin is the last training bar)
+    h2 = evaluate_model(
+        settings.replace(gap=1), model_path=trained_bundle["paths"].model, horizon=2
+    )
     assert len(h2.forecasts) == len(window) and h2.metrics["horizon"] == 2
 
 
@@ -345,6 +349,32 @@ def test_evaluate_model_refuses_a_window_inside_training(trained_bundle, tmp_pat
     with pytest.raises(DataError, match=r"leakage.*2021-09-15"):
         evaluate_model(settings, model_path=trained_bundle["paths"].model)
     assert not (tmp_path / "eval").exists()
+
+
+def test_evaluate_model_refuses_a_window_inside_the_gap(trained_bundle, tmp_path):
+    """The window must start --gap bars (default: the horizon) after the last training bar,
+    and never so close that a forecast's origin lies inside the training data."""
+    from kallos_models.stages.evaluate import evaluate_model
+
+    model = trained_bundle["paths"].model
+    adjacent = _eval_settings(trained_bundle, tmp_path, test_start_date="2021-09-16")
+    with pytest.raises(DataError) as err:
+        evaluate_model(adjacent, model_path=model)
+    message = str(err.value)
+    assert "starts 0 bar(s) after" in message and "a gap of 1 bar(s)" in message
+    assert "--test-start-date 2021-09-17 or later" in message and "--gap 0" in message
+    assert not (tmp_path / "eval").exists()
+    one_bar = _eval_settings(trained_bundle, tmp_path)  # 2021-09-17: one bar between
+    with pytest.raises(DataError, match=r"at horizon 2 a gap of 2.*2021-09-18 or later"):
+        evaluate_model(one_bar, model_path=model, horizon=2)
+    # --gap 0 accepts an adjacent window at horizon 1, never at horizon 2 (origin in training)
+    with pytest.raises(DataError, match=r"at horizon 2 a gap of 1 bar"):
+        evaluate_model(adjacent.replace(gap=0), model_path=model, horizon=2)
+    assert not (tmp_path / "eval").exists()
+    accepted = evaluate_model(adjacent.replace(gap=0), model_path=model)
+    assert accepted.metrics["gap"] == 0 and accepted.forecasts.index[0] == pd.Timestamp(
+        "2021-09-16"
+    )
 
 
 def test_evaluate_model_refuses_a_tampered_bundle(trained_bundle, tmp_path):
@@ -468,7 +498,9 @@ def test_evaluate_model_backtests_at_horizon_1_only(trained_bundle, tmp_path):
 
     assert image.imread(result.plot_path).shape[:2] == (1045, 1320)
 
-    h2 = evaluate_model(settings, model_path=trained_bundle["paths"].model, horizon=2)
+    h2 = evaluate_model(
+        settings.replace(gap=1), model_path=trained_bundle["paths"].model, horizon=2
+    )
     assert h2.metrics["backtest"]["strategy"] is None
     assert "--horizon 1" in h2.metrics["backtest"]["note"]
     assert image.imread(h2.plot_path).shape[:2] == (770, 1320)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import pickle
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -29,7 +30,7 @@ STARTS = {"BTC": "2020-01-01", "ETH": "2020-02-15", "SOL": "2020-04-01"}
 ENDS = {"BTC": "2021-11-26", "ETH": "2021-11-25", "SOL": "2021-11-24"}
 LENGTHS = {a: (pd.Timestamp(ENDS[a]) - pd.Timestamp(STARTS[a])).days + 1 for a in STARTS}
 TRAIN_END = pd.Timestamp("2021-10-31")
-TEST_START, TEST_END = "2021-11-01", "2021-11-20"
+TEST_START, TEST_END = "2021-11-02", "2021-11-20"
 
 
 def _bars(asset: str) -> pd.DataFrame:
@@ -208,7 +209,7 @@ def test_global_gru_trains_evaluates_and_predicts_per_asset(db_url, tmp_path):
     assert pooled["basket"] == "BTC-ETH-SOL" and pooled["assets"] == ["BTC", "ETH", "SOL"]
     ratios = [pooled["per_asset"][a]["rmse_ratio"] for a in SCALES]
     assert pooled["pooled"]["rmse_ratio"] == pytest.approx(np.mean(ratios))
-    assert pooled["pooled"]["n"] == 3 * 20
+    assert pooled["pooled"]["n"] == 3 * 19
     assert {p.name for p in ev_dir.iterdir()} == {
         f"{name}_evaluation_{kind}"
         for name in ("BTC", "ETH", "SOL", "BTC-ETH-SOL")
@@ -322,7 +323,7 @@ def test_every_fold_splits_all_assets_at_the_same_dates():
     common = calendar(frames)
     assert common.index[0] == max(f.index[0] for f in frames.values())
     job = Job(
-        settings=None,  # type: ignore[arg-type]  # folds reads only the frames
+        settings=SimpleNamespace(gap=1, asset_id="BTC"),  # type: ignore[arg-type]  # folds reads these
         frame=common, n_splits=3, val_size=20, min_train_size=60, max_lookback=30,
         storage=None, study_name="s", search_space=None, pruner=None,  # type: ignore[arg-type]
         show_progress=False, deadline=None, frames=frames,
@@ -333,7 +334,7 @@ def test_every_fold_splits_all_assets_at_the_same_dates():
         starts = {val.index[0] for _, val in parts.values()}
         assert len(starts) == 1 and {len(val) for _, val in parts.values()} == {20}
         for asset, (train, val) in parts.items():
-            assert train.index[-1] == val.index[0] - DAY  # no validation row is trained on
+            assert train.index[-1] == val.index[0] - 2 * DAY  # the gap: no validation row trained
             assert train.index[0] == frames[asset].index[0]  # each asset's whole history
     with pytest.raises(Exception, match="share no period"):
         calendar({"A": frames["BTC"].iloc[:50], "B": frames["SOL"].iloc[-50:]})

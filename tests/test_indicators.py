@@ -208,7 +208,7 @@ def test_a_new_talib_indicator_is_one_config_line(db_url: str, tmp_path: Path) -
     (tmp_path / "config.json").write_text(json.dumps({}))
     evaluated = run_cli_json(
         "evaluate", "--asset-id", "BTC", "--model-path", "models/gru_BTC.pt",
-        "--test-start-date", "2022-02-01", "--test-end-date", "2022-02-20",
+        "--test-start-date", "2022-02-02", "--test-end-date", "2022-02-20",
         "--db-url", db_url, "--output-path", "eval",
     )  # fmt: skip
     assert evaluated["rmse"] > 0
@@ -251,7 +251,7 @@ def test_1d_and_4h_runs_in_one_folder_keep_both_and_both_evaluate(
     ingest.ingest_file(engine, "BTC", "4h", write_binance_csv(four_hourly, tmp_path / "h.csv"))
     engine.dispose()
     windows = {  # end of tuning and training, hold-out window
-        "1d": ("2022-01-31", "2022-02-01", "2022-02-20"),
+        "1d": ("2022-01-31", "2022-02-02", "2022-02-20"),
         "4h": ("2023-04-30", "2023-05-01", "2023-05-10"),
     }
     studies = []
@@ -308,7 +308,7 @@ def test_a_bundle_from_before_indicators_were_data_still_evaluates(
     )  # fmt: skip
     args = (
         "evaluate", "--asset-id", "BTC", "--model-path", "models/gru_BTC.pt",
-        "--test-start-date", "2022-02-01", "--test-end-date", "2022-02-20",
+        "--test-start-date", "2022-02-02", "--test-end-date", "2022-02-20",
         "--db-url", sqlite_url, "--output-path", "eval",
     )  # fmt: skip
     with_spec = run_cli_json(*args)

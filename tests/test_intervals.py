@@ -27,8 +27,8 @@ from tests.helpers import assert_error, make_ohlcv, run_cli, run_cli_json, write
 MU, SIGMA = 0.0005, 0.03
 BARS = make_ohlcv(1500, seed=11)
 TRAIN_END = BARS.index[1099]
-TEST_START, TEST_END = BARS.index[1100], BARS.index[-1]
-N_TEST = len(BARS) - 1100
+TEST_START, TEST_END = BARS.index[1101], BARS.index[-1]
+N_TEST = len(BARS) - 1101
 
 
 def _ingest(url: str, tmp_path: Path, frame: pd.DataFrame = BARS) -> None:

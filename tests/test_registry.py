@@ -23,7 +23,7 @@ pytest.importorskip("mlflow")
 N_BARS = 520
 BARS = make_ohlcv(N_BARS)
 TRAIN_END = str(BARS.index[399].date())
-TEST_START, TEST_END = str(BARS.index[400].date()), str(BARS.index[-1].date())
+TEST_START, TEST_END = str(BARS.index[401].date()), str(BARS.index[-1].date())
 NAME = "gru_BTC_1d"
 
 

@@ -24,7 +24,7 @@ from tests.helpers import (
 )
 
 TRAIN_END = "2021-09-15"
-TEST_START = "2021-09-16"
+TEST_START = "2021-09-17"
 TEST_END = "2021-11-10"
 WINDOW = pd.date_range(TEST_START, TEST_END, freq="1D")  # 56 bars
 TINY_GRU = tiny_params("gru", input_chunk_length=12, output_chunk_length=2, batch_size=32)
@@ -88,9 +88,10 @@ def test_refits_every_n_bars_on_rows_before_each_refit_only(bundle, tmp_path, sp
     starts = [WINDOW[0], WINDOW[20], WINDOW[40]]
     assert [r["first_forecast"] for r in record["refits"]] == [t.isoformat() for t in starts]
     assert [r["train_end"] for r in record["refits"]] == [
-        (t - pd.Timedelta(days=1)).isoformat() for t in starts
+        (t - pd.Timedelta(days=2)).isoformat()
+        for t in starts  # the gap of 1 bar left out
     ]
-    assert [r["n_forecasts"] for r in record["refits"]] == [20, 20, 16]
+    assert [r["n_forecasts"] for r in record["refits"]] == [20, 20, 15]
     assert all(r["fit_seconds"] > 0 for r in record["refits"])
     assert list(result.forecasts.index) == list(WINDOW)  # every bar once, in order
     assert record["n"] == len(WINDOW) and isinstance(record["rmse"], float)
@@ -122,10 +123,10 @@ def test_horizon_2_refits_train_up_to_the_first_origin(bundle, tmp_path):
     )
     refits = result.metrics["refits"]
     assert [r["first_forecast"] for r in refits] == [WINDOW[0].isoformat(), WINDOW[30].isoformat()]
-    # a forecast for T is made at T - 2: no refit is used from an origin before its train_end
+    # a forecast for T is made at T - 2; the refit ends the gap (2 bars) before the block
     assert [r["train_end"] for r in refits] == [
-        (WINDOW[0] - pd.Timedelta(days=2)).isoformat(),
-        (WINDOW[30] - pd.Timedelta(days=2)).isoformat(),
+        (WINDOW[0] - pd.Timedelta(days=3)).isoformat(),
+        (WINDOW[30] - pd.Timedelta(days=3)).isoformat(),
     ]
     assert list(result.forecasts.index) == list(WINDOW) and result.metrics["horizon"] == 2
 
@@ -170,7 +171,7 @@ def test_cli_retrain_every_with_a_params_file(bundle, tmp_path):
         "--params-file", str(params),
     )  # fmt: skip
     assert printed["n_refits"] == 2 and printed["retrain_every"] == 30
-    assert [r["n_forecasts"] for r in printed["refits"]] == [30, 26]
+    assert [r["n_forecasts"] for r in printed["refits"]] == [30, 25]
     assert printed["params_source"] == str(params)
     assert printed["input_chunk_length"] == 10  # the file's, not the bundle's 12
     assert printed["refit_params"]["input_chunk_length"] == 10

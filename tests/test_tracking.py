@@ -22,7 +22,7 @@ from tests.helpers import assert_error, make_ohlcv, tiny_params, write_binance_c
 
 BARS = make_ohlcv(420)
 TRAIN_END = str(BARS.index[349].date())
-TEST_START, TEST_END = str(BARS.index[350].date()), str(BARS.index[-1].date())
+TEST_START, TEST_END = str(BARS.index[351].date()), str(BARS.index[-1].date())
 INSTALL = 'pip install -e ".[mlflow]"'
 
 

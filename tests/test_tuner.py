@@ -21,8 +21,8 @@ from kallos_models import tuner
 from kallos_models.config import Settings, resolve_settings
 from kallos_models.data import db, ingest
 from kallos_models.errors import ConfigError, DatabaseError, DataError, ModelError
-from kallos_models.modelling.preprocessing import FeaturePreprocessor
-from tests.helpers import make_ohlcv, write_binance_csv
+from kallos_models.stages.tune.pruning import SameStepMedianPruner, Steps
+from tests.helpers import make_ohlcv, record_fit_ends, write_binance_csv
 
 N_BARS = 400  # 351 rows after the SMA-50 warm-up: 3 folds of 46 bars, first training part 213
 BARS = make_ohlcv(N_BARS)
@@ -160,9 +160,10 @@ def test_tune_writes_params_and_resumes_exactly(db_data: str, tmp_path: Path) ->
     names = {p.name for p in result.report_paths}
     assert "gru_BTC_optimization_history.png" in names
     assert all(p.stat().st_size > 1000 for p in result.report_paths)
-    # each trial reported one score per fold and recorded its folds
+    # each trial reported one score per fold (and each epoch's validation loss) and its folds
+    fold_steps = [Steps(epochs=2, n_splits=3).fold(k) for k in range(3)]
     for trial in result.study.trials:
-        assert sorted(trial.intermediate_values) == [0, 1, 2]
+        assert [trial.intermediate_values[s] for s in fold_steps] == trial.user_attrs["fold_scores"]
         assert len(trial.user_attrs["fold_scores"]) == 3
         assert trial.user_attrs["fold_val_sizes"] == [46, 46, 46]
         assert trial.value == pytest.approx(sum(trial.user_attrs["fold_scores"]) / 3)
@@ -188,14 +189,7 @@ def test_tune_writes_params_and_resumes_exactly(db_data: str, tmp_path: Path) ->
 def test_no_fold_preprocessor_sees_validation_rows(
     sqlite_data: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    seen: list[pd.Timestamp] = []
-    real_fit = FeaturePreprocessor.fit
-
-    def recording_fit(self: FeaturePreprocessor, train: pd.DataFrame) -> FeaturePreprocessor:
-        seen.append(pd.Timestamp(train.index.max()))
-        return real_fit(self, train)
-
-    monkeypatch.setattr(FeaturePreprocessor, "fit", recording_fit)
+    seen = record_fit_ends(monkeypatch)
     result = tuner.tune(settings_for(sqlite_data), search_space=tiny_space)
     trials = result.study.trials
     n_folds = 3
@@ -205,17 +199,20 @@ def test_no_fold_preprocessor_sees_validation_rows(
         fits = seen[1 + trial_index * n_folds : 1 + (trial_index + 1) * n_folds]
         for fit_max, val_start in zip(fits, val_starts, strict=True):
             assert fit_max < val_start
-            assert fit_max == val_start - pd.Timedelta("1D")  # all training rows, no more
+            # all training rows up to the gap (default: the horizon, 1 bar), no more
+            assert fit_max == val_start - pd.Timedelta("2D")
 
 
 def test_a_worse_trial_is_pruned_between_folds(db_data: str) -> None:
-    pruner = optuna.pruners.MedianPruner(n_startup_trials=1, n_warmup_steps=0)
+    steps = Steps(epochs=2, n_splits=3)  # a warm-up of every epoch: only fold scores prune
+    pruner = SameStepMedianPruner(steps, n_startup_trials=1, warmup_epochs=2)
     result = tuner.tune(settings_for(db_data), search_space=good_then_bad_space, pruner=pruner)
     first, second = result.study.trials
-    assert first.state == TrialState.COMPLETE and len(first.intermediate_values) == 3
+    assert first.state == TrialState.COMPLETE
     assert second.state == TrialState.PRUNED
-    assert list(second.intermediate_values) == [0]  # stopped after its first fold
-    assert second.intermediate_values[0] > first.intermediate_values[0]
+    assert max(second.intermediate_values) == steps.fold(0)  # stopped after its first fold
+    fold = steps.fold(0)
+    assert second.intermediate_values[fold] > first.intermediate_values[fold]
     assert result.summary["trial_counts"]["PRUNED"] == 1 and result.summary["n_finished"] == 2
     data = json.loads(Path(result.params_path).read_text())
     assert data["best_trial"] == 0 and data["params"]["learning_rate"] == 1e-3
@@ -265,7 +262,7 @@ def test_too_little_data_says_how_much_is_needed(db_url: str, tmp_path: Path) ->
     with pytest.raises(DataError) as err:
         tuner.tune(settings_for(db_url), search_space=tiny_space)
     msg = str(err.value)
-    assert "BTC" in msg and "201 rows are too few" in msg and "at least 251" in msg
+    assert "BTC" in msg and "201 rows are too few" in msg and "at least 252" in msg
     assert tuner.list_studies(db_url) == []
 
 

@@ -28,6 +28,7 @@ EVALUATE_OPTIONS = (
     "test_start_date",
     "test_end_date",
     "horizon",
+    "gap",
     "backtest_mode",
     "backtest_threshold",
     "fee_bps",
@@ -84,13 +85,13 @@ def compare(ctx: click.Context, model_paths: tuple[str, ...], **flags) -> None:
 
     \b
     Example:
-      kallos-run compare --test-start-date 2024-07-01 --test-end-date 2025-07-04 \\
+      kallos-run compare --test-start-date 2024-07-02 --test-end-date 2025-07-04 \\
           --model-path trained_models/gru_BTC.pt --model-path trained_models/lightgbm_BTC.pt \\
           --model-path trained_models/linear_BTC.pt > leaderboard.json
-      kallos-run compare --test-start-date 2024-07-01 --test-end-date 2025-07-04 \\
+      kallos-run compare --test-start-date 2024-07-02 --test-end-date 2025-07-04 \\
           --model-path models:/gru_BTC_1d@champion --model-path trained_models/gru_BTC.pt \\
           --tracking-uri sqlite:///mlflow.db
-      kallos-run compare --test-start-date 2024-07-01 --test-end-date 2025-07-04 \\
+      kallos-run compare --test-start-date 2024-07-02 --test-end-date 2025-07-04 \\
           --asset-id ETH --model-path trained_models/gru_BTC-ETH-SOL_4h.pt \\
           --model-path trained_models/gru_ETH_4h.pt
     """

@@ -21,6 +21,7 @@ from kallos_models.cli.options import (
     echo_json,
     end_date_option,
     file_option,
+    gap_option,
     json_option,
     max_epochs_option,
     model_option,
@@ -35,7 +36,7 @@ from kallos_models.cli.options import (
     timeframe_option,
     tracking_option,
 )
-from kallos_models.config import BacktestMode
+from kallos_models.config import BacktestMode, Pruner
 from kallos_models.errors import ConfigError
 from kallos_models.modelling.ensemble import ENSEMBLE_METHODS
 
@@ -269,6 +270,11 @@ def train(
     default=None,
     help="Bars ahead, at most output_chunk_length [default: 1].",
 )
+@gap_option(
+    help="Bars required between the end of the model's training data and the test window, "
+    "so no training target reaches into a forecast's window; refused when fewer "
+    "[default: the horizon]."
+)
 @click.option(
     "--backtest-mode",
     type=click.Choice(list(get_args(BacktestMode))),
@@ -319,14 +325,14 @@ def evaluate(
     Example:
       kallos-run evaluate --model-name gru --asset-id BTC \\
           --model-path trained_models/gru_BTC.pt --scaler-path trained_models/gru_BTC_scaler.pkl \\
-          --test-start-date 2024-07-01 --test-end-date 2025-07-04
+          --test-start-date 2024-07-02 --test-end-date 2025-07-04
       kallos-run evaluate --asset-id BTC --model-path models:/gru_BTC_1d@champion \\
-          --test-start-date 2024-07-01 --test-end-date 2025-07-04 --tracking-uri sqlite:///mlflow.db
+          --test-start-date 2024-07-02 --test-end-date 2025-07-04 --tracking-uri sqlite:///mlflow.db
       kallos-run evaluate --asset-id BTC --model-path trained_models/gru_BTC.pt \\
-          --test-start-date 2024-07-01 --test-end-date 2025-06-30 --retrain-every 30
+          --test-start-date 2024-07-02 --test-end-date 2025-06-30 --retrain-every 30
       kallos-run evaluate --asset-id BTC,ETH,SOL \\
           --model-path trained_models/gru_BTC-ETH-SOL_4h.pt \\
-          --test-start-date 2024-07-01 --test-end-date 2025-07-04
+          --test-start-date 2024-07-02 --test-end-date 2025-07-04
     """
     from kallos_models import pipeline
 
@@ -368,7 +374,26 @@ def evaluate(
     help="Fold score, averaged over folds (for a basket, first over its assets; scale-free "
     "scores only) [default: rmse; rmse_rel_naive for a basket].",
 )
-@click.option("--timeout", type=float, default=None, help="Stop starting trials after SEC seconds.")
+@gap_option(
+    help="Bars left out between each fold's training and validation rows (purged folds) "
+    "[default: the horizon]."
+)
+@click.option(
+    "--pruner",
+    type=click.Choice(list(get_args(Pruner))),
+    default=None,
+    help="Stops hopeless trials from the validation loss of each epoch and each fold's score: "
+    "median (worse than the completed trials' median at the same step), halving (successive "
+    "halving), hyperband, or none [default: median].",
+)
+@click.option(
+    "--timeout",
+    type=float,
+    default=None,
+    metavar="SEC",
+    help="Wall-clock budget of the whole tune: no trial starts after it, and running trials "
+    "are pruned at their next epoch or fold.",
+)
 @output_option(".")
 @seed_option(help="Sampler seed [default: 42].")
 @tracking_option

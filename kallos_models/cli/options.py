@@ -154,6 +154,7 @@ n_trials_option = SharedOption(
 max_epochs_option = SharedOption(
     "--max-epochs", type=int, default=None, help="Epoch cap per fold [default: 100]."
 )
+gap_option = SharedOption("--gap", type=click.IntRange(min=0), default=None, metavar="BARS")
 _output_path_option = SharedOption("--output-path", default=None, metavar="DIR")
 
 

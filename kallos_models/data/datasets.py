@@ -233,6 +233,7 @@ def calculate_dynamic_wf_kwargs(
     output_chunk_length: int = 1,
     n_splits: int | None = None,
     min_val_bars: int | None = None,
+    gap: int = 0,
 ) -> dict[str, int]:
     """Choose the walk-forward fold count and sizes from the data length and the lookback.
 
@@ -244,6 +245,8 @@ def calculate_dynamic_wf_kwargs(
     - the validation parts, laid end to end, cover at most the last half of the rows (the
       *validation budget* is ``n_rows - max(min_train_size, ceil(n_rows / 2))``), so on a long
       history every fold trains on at least half of it, much like the final model will;
+    - a ``gap`` of bars left out between each fold's training and validation parts comes out
+      of the budget too: the first fold still trains on ``min_train_size`` bars;
     - ``val_size = budget // n_splits``; ``n_splits`` is 3 when each of 3 folds gets at least
       ``min_val_bars`` bars, else 2; with fewer rows than 2 folds need, a :class:`DataError`
       says how many rows are needed;
@@ -263,6 +266,9 @@ def calculate_dynamic_wf_kwargs(
         Fold count to use, 2 to 5; None chooses 3, or 2 when the data is too short for 3.
     min_val_bars : int or None, default None
         Fewest scored bars per fold; None uses ``max(20, output_chunk_length)``.
+    gap : int, default 0
+        Bars left out between each fold's training and validation parts (see
+        :func:`get_walk_forward_splits`).
 
     Returns
     -------
@@ -293,8 +299,9 @@ def calculate_dynamic_wf_kwargs(
         else _positive_int(min_val_bars, "min_val_bars"),
         horizon,
     )
+    gap = _positive_int(gap, "gap", 0)
     min_train_size = WF_TRAIN_LOOKBACKS * lookback + horizon
-    budget = n_rows - max(min_train_size, -(-n_rows // 2))
+    budget = n_rows - max(min_train_size + gap, -(-n_rows // 2))
     candidates = [n_splits] if n_splits is not None else [TARGET_WF_SPLITS, MIN_WF_SPLITS]
     for count in candidates:
         if budget // count >= min_val:
@@ -304,12 +311,13 @@ def calculate_dynamic_wf_kwargs(
                 "min_train_size": min_train_size,
             }
     fewest = candidates[-1]
-    needed = max(min_train_size + fewest * min_val, 2 * fewest * min_val)
+    needed = max(min_train_size + gap + fewest * min_val, 2 * fewest * min_val)
     raise DataError(
         f"{n_rows} rows are too few for walk-forward tuning: at least {needed} are needed "
         f"({fewest} folds of {min_val} validation bars after a training part of "
-        f"{min_train_size} bars = 3 x the largest lookback {lookback} + {horizon}, and the "
-        "validation parts may cover at most the last half of the rows); widen the date range "
+        f"{min_train_size} bars = 3 x the largest lookback {lookback} + {horizon}"
+        f"{f' and a gap of {gap} bar(s)' if gap else ''}, and the validation parts may cover "
+        "at most the last half of the rows); widen the date range "
         "(an earlier start date or a later end date) or use a model or search space "
         "with a shorter lookback"
     )
@@ -322,14 +330,15 @@ def get_walk_forward_splits(
     *,
     min_train_size: int,
     expanding: bool = True,
+    gap: int = 0,
 ) -> Iterator[tuple[pd.DataFrame, pd.DataFrame]]:
     """Yield ``(train, val)`` frames of walk-forward cross-validation, oldest fold first.
 
     The validation parts are consecutive, do not overlap, each hold ``val_size`` rows, and
-    the last one ends at the frame's last row. A fold's training part ends on the row right
-    before its validation part: with ``expanding=True`` (default) it starts at the first row,
-    so it grows fold by fold; with ``expanding=False`` it is a rolling window of the
-    ``min_train_size`` rows before the validation part. Rows are never shuffled and no
+    the last one ends at the frame's last row. A fold's training part ends ``gap`` rows before
+    its validation part (on the row right before it with ``gap=0``): with ``expanding=True``
+    (default) it starts at the first row, so it grows fold by fold; with ``expanding=False``
+    it is a rolling window of ``min_train_size`` rows. Rows are never shuffled and no
     validation row is ever a training row of the same fold.
 
     Parameters
@@ -345,6 +354,8 @@ def get_walk_forward_splits(
         least 1; the training window length when ``expanding=False``.
     expanding : bool, default True
         Expanding training window (True) or rolling window of ``min_train_size`` rows.
+    gap : int, default 0
+        Rows left out between each fold's training and validation parts (0 or more).
 
     Yields
     ------
@@ -354,7 +365,7 @@ def get_walk_forward_splits(
     Raises
     ------
     DataError
-        ``frame`` has fewer than ``min_train_size + n_splits * val_size`` rows, or is not in
+        ``frame`` has fewer than ``min_train_size + gap + n_splits * val_size`` rows, or is not in
         increasing time order.
     ConfigError
         A size is not an integer >= 1.
@@ -362,13 +373,15 @@ def get_walk_forward_splits(
     n_splits = _positive_int(n_splits, "n_splits")
     val_size = _positive_int(val_size, "val_size")
     min_train_size = _positive_int(min_train_size, "min_train_size")
+    gap = _positive_int(gap, "gap", 0)
     n_rows = len(frame)
-    needed = min_train_size + n_splits * val_size
+    needed = min_train_size + gap + n_splits * val_size
     if n_rows < needed:
         raise DataError(
             f"{n_rows} rows are too few for {n_splits} walk-forward folds: they need at least "
-            f"{needed} ({min_train_size} training rows + {n_splits} x {val_size} validation "
-            "rows); widen the date range or use calculate_dynamic_wf_kwargs to size the folds"
+            f"{needed} ({min_train_size} training rows + {f'a gap of {gap} + ' if gap else ''}"
+            f"{n_splits} x {val_size} validation rows); widen the date range or use "
+            "calculate_dynamic_wf_kwargs to size the folds"
         )
     if not frame.index.is_monotonic_increasing or not frame.index.is_unique:
         raise DataError(
@@ -377,5 +390,6 @@ def get_walk_forward_splits(
         )
     for fold in range(n_splits):
         val_start = n_rows - (n_splits - fold) * val_size
-        train_start = 0 if expanding else val_start - min_train_size
-        yield frame.iloc[train_start:val_start], frame.iloc[val_start : val_start + val_size]
+        train_end = val_start - gap
+        train_start = 0 if expanding else train_end - min_train_size
+        yield frame.iloc[train_start:train_end], frame.iloc[val_start : val_start + val_size]

@@ -191,6 +191,38 @@ def open_bundle(
     )
 
 
+def required_gap(s: EvaluateSettings, steps: int) -> int:
+    """Bars that must lie between the training data's end and the first test bar: ``--gap``
+    (default the horizon), and never fewer than ``steps - 1`` (a forecast's origin, ``steps``
+    bars before its bar, must not lie inside the training data)."""
+    return max(steps if s.gap is None else s.gap, steps - 1)
+
+
+def check_gap(s: EvaluateSettings, checked: CheckedBundle, steps: int) -> None:
+    """Refuse a test window that starts fewer than :func:`required_gap` bars after the
+    bundle's last training bar (DataError with the first allowed start and the figures)."""
+    if checked.train_end is None:
+        return
+    bar = timeframe_to_timedelta(checked.timeframe)
+    gap = required_gap(s, steps)
+    between = -(-(s.test_start - checked.train_end) // bar) - 1
+    if between >= gap:
+        return
+    earliest = checked.train_end + (gap + 1) * bar
+    shown = f"{earliest:%Y-%m-%d}" if earliest == earliest.normalize() else str(earliest)
+    accept = (
+        f", or pass --gap {between} to accept {between} bar(s)"
+        if between >= max(steps - 1, 0) and s.gap is None
+        else ""
+    )
+    raise DataError(
+        f"the test window starts {between} bar(s) after the end of the model's training "
+        f"data ({checked.train_end}); at horizon {steps} a gap of {gap} bar(s) is needed so "
+        "that no training target reaches into a forecast's window (--gap, default the "
+        f"horizon): set --test-start-date {shown} or later{accept}"
+    )
+
+
 def load_window(
     s: EvaluateSettings,
     checked: CheckedBundle,
@@ -344,6 +376,7 @@ def score_and_write(
         "first_forecast": results.index[0].isoformat(),
         "last_forecast": results.index[-1].isoformat(),
         "horizon": horizon,
+        "gap": required_gap(s, horizon),
         "train_end": None if train_end is None else train_end.isoformat(),
         "target_transform": preprocessor.target_transform,
         "input_chunk_length": icl,
@@ -401,6 +434,7 @@ def evaluate_loaded(
     model, preprocessor = checked.bundle.model, checked.bundle.preprocessor
     icl, ocl = model_chunk_lengths(model)
     steps = check_horizon(s.horizon if horizon is None else horizon, ocl)
+    check_gap(s, checked, steps)
     history = checked.bundle.history(steps)
     needed = lookback_bars(icl, steps, preprocessor.target_transform) + history
     # a model with intervals is judged beside the naive interval, which reads trailing returns

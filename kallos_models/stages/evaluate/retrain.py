@@ -11,10 +11,10 @@ plain evaluation (:mod:`kallos_models.stages.evaluate.holdout`'s pieces), with t
 added to the record.
 
 Refit ``k`` forecasts the bars ``first_k .. first_k + N - 1`` of the window. Each forecast is
-made at its origin ``T - horizon``, so the fit it uses has seen only bars up to the first
-origin of its block, ``first_k - horizon``: that bar is the refit's ``train_end``, and no
-forecast is made from an origin the fit ran past. The preprocessing of each refit is fit on
-those training rows alone (no leakage).
+made at its origin ``T - horizon``; the refit trains on the bars up to ``first_k - gap - 1``
+(``--gap``, default the horizon: the bar before the block's first origin, and never past that
+origin), so no forecast is made from a bar the fit has seen. The preprocessing of each refit
+is fit on those training rows alone (no leakage).
 
 Darts' ``historical_forecasts(retrain=N)`` does the same walk for a model alone, but it cannot
 refit this package's preprocessing (group scalers, a log-return target turned back into
@@ -44,6 +44,7 @@ from kallos_models.stages.evaluate.holdout import (
     load_window,
     open_bundle,
     refuse_registry_uri,
+    required_gap,
     score_and_write,
 )
 
@@ -251,28 +252,30 @@ def retrain_backtest(
     recipe = refit_recipe(checked, s.params_file, show_progress=show_progress)
     icl, ocl = recipe.input_chunk_length, recipe.output_chunk_length
     steps = check_horizon(s.horizon if horizon is None else horizon, ocl)
+    gap = required_gap(s, steps)
     bundled = checked.bundle.preprocessor
     transform = bundled.target_transform
     lookback = lookback_bars(icl, steps, transform)
-    # the first refit trains on the rows up to the first origin, `steps` bars before the window
+    # the first refit trains on the rows up to `gap` bars before the window (the default gap,
+    # the horizon, ends them right before the first origin)
     min_train = icl + ocl + 1
     read_from, first_bar = _history_start(checked)
     frame, pos = load_window(
         s,
         checked,
-        needed=max(lookback, min_train + steps - 1),
+        needed=max(lookback, min_train + gap),
         why=f"the first refit trains on at least {min_train} bars (input_chunk_length {icl} "
-        f"+ output_chunk_length {ocl} + 1) ending {steps} bar(s) before it",
+        f"+ output_chunk_length {ocl} + 1) ending {gap + 1} bar(s) before it",
         start_date=read_from,
     )
     if first_bar is not None and first_bar > frame.index[0]:
         # train dropped warm-up rows of indicators this bundle does not use: start where it did
         cut = int(frame.index.searchsorted(first_bar, side="left"))
         frame, pos = frame.iloc[cut:], pos - cut
-        if pos < min_train + steps - 1:
+        if pos < min_train + gap:
             raise DataError(
                 f"only {pos} bars lie between the bundle's first training bar {first_bar} and "
-                f"the test window; the first refit needs {min_train + steps - 1}: set "
+                f"the test window; the first refit needs {min_train + gap}: set "
                 "--test-start-date later"
             )
 
@@ -281,7 +284,7 @@ def retrain_backtest(
     refits: list[dict[str, Any]] = []
     for k, first in enumerate(firsts, start=1):
         stop = min(first + every, len(frame))
-        train_rows = frame.iloc[: first - steps + 1]
+        train_rows = frame.iloc[: first - gap]
         logger.info(
             "refit %d/%d: training on %s bars up to %s, forecasting %d bar(s) from %s",
             k,

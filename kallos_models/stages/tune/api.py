@@ -69,9 +69,6 @@ __all__ = [
     "tune",
 ]
 
-#: Trials a MedianPruner lets finish before it prunes anything.
-PRUNER_STARTUP_TRIALS = 5
-
 
 class TuneObserver(Protocol):
     """Told when a tune's trials start and when they are over (MLflow tracking is one)."""
@@ -144,6 +141,8 @@ _STUDY_KEYS = (
     "target_col",
     "target_transform",
     "assets",
+    "gap",
+    "max_epochs",
 )
 
 
@@ -158,6 +157,8 @@ def _study_attrs(settings: TuneSettings) -> dict[str, Any]:
         "target_col": settings.features.target_col,
         "target_transform": settings.features.target_transform,
         "assets": list(settings.assets or (settings.asset_id,)),
+        "gap": settings.gap,
+        "max_epochs": settings.trainer.max_epochs,
     }
 
 
@@ -187,6 +188,7 @@ def _fold_sizes(frame: pd.DataFrame, settings: TuneSettings, max_lookback: int) 
             len(frame),
             max_lookback,
             output_chunk_length=int(spec.defaults.get("output_chunk_length", 1)),
+            gap=settings.gap,
         )
     except DataError as exc:
         raise DataError(
@@ -228,7 +230,8 @@ def tune(
         ``input_chunk_length`` must stay within
         :func:`kallos_models.modelling.zoo.max_input_chunk_length`.
     pruner : optuna.pruners.BasePruner or None, default None
-        None uses ``MedianPruner(n_startup_trials=5, n_warmup_steps=0)`` on the fold reports.
+        None uses the one ``settings.pruner`` names (median, hyperband, halving or none; see
+        :mod:`.pruning` for the steps it is told about: every epoch and every fold).
     observers : sequence of TuneObserver, default ()
         Told when the trials start and when they are over (also after Ctrl-C or an error);
         :func:`kallos_models.pipeline.tune` passes MLflow's tracker here when tracking is on.
@@ -300,10 +303,7 @@ def tune(
         storage=storage_spec,
         study_name=settings.study_name,
         search_space=search_space,
-        pruner=pruner
-        or optuna.pruners.MedianPruner(
-            n_startup_trials=PRUNER_STARTUP_TRIALS, n_warmup_steps=0, interval_steps=1
-        ),
+        pruner=pruner,
         show_progress=show_progress,
         deadline=None,
         frames=frames if len(frames) > 1 else None,
@@ -311,7 +311,8 @@ def tune(
     first = folds(job)[0]
     prepare(job, first)  # feature columns and values, before any trial
     logger.info(
-        "%s %s: %d rows %s .. %s; %d folds of %d validation bars (first training part %s rows)",
+        "%s %s: %d rows %s .. %s; %d folds of %d validation bars, %d bar(s) after their "
+        "training parts (first %s rows)",
         ", ".join(assets),
         settings.timeframe,
         sum(len(f) for f in frames.values()),
@@ -319,6 +320,7 @@ def tune(
         frame.index[-1],
         job.n_splits,
         job.val_size,
+        settings.gap,
         "/".join(str(len(train)) for train, _ in first.values()),
     )
 
@@ -416,7 +418,9 @@ def tune(
             "n_splits": job.n_splits,
             "val_size": job.val_size,
             "min_train_size": job.min_train_size,
+            "gap": settings.gap,
         },
+        "pruner": settings.pruner if pruner is None else type(pruner).__name__,
         "timed_out": timed_out,
         "seconds": round(time.time() - started, 1),
     }

@@ -19,6 +19,7 @@ from kallos_models.data import datasets
 from kallos_models.errors import ConfigError, DataError, ModelError
 from kallos_models.modelling import basket, series, zoo
 from kallos_models.stage_settings import TuneSettings
+from kallos_models.stages.tune.pruning import Steps, make_epoch_reporter
 from kallos_models.stages.tune.storage import StorageSpec, TrialGate
 
 if TYPE_CHECKING:
@@ -42,7 +43,7 @@ class Job:
     storage: StorageSpec
     study_name: str
     search_space: SearchSpaceFn | None
-    pruner: Any
+    pruner: Any  # an Optuna pruner, or None: the one ``settings.pruner`` names
     show_progress: bool
     deadline: float | None
     torch_threads: int | None = None
@@ -53,6 +54,12 @@ class Job:
 def replace_job(job: Job, **changes: Any) -> Job:
     """``job`` with ``changes`` (a deadline, a torch thread count)."""
     return dataclasses.replace(job, **changes)
+
+
+def job_steps(job: Job) -> Steps:
+    """The step numbering of ``job``'s reports (:mod:`.pruning`)."""
+    deep = zoo.get_spec(job.settings.model_name).deep
+    return Steps(epochs=job.settings.trainer.max_epochs if deep else 0, n_splits=job.n_splits)
 
 
 def owner_tag() -> str:
@@ -82,36 +89,67 @@ def calendar(frames: Mapping[str, pd.DataFrame]) -> pd.DataFrame:
 
 
 def folds(job: Job) -> list[dict[str, tuple[pd.DataFrame, pd.DataFrame]]]:
-    """Each fold's training and validation rows, by asset. A basket's validation rows are
-    those of the calendar fold's dates; each asset trains on all its rows before them."""
+    """Each fold's training and validation rows, by asset, ``settings.gap`` bars apart (the
+    purged bars are neither fitted nor scored; they are forecast inputs only). A basket's
+    validation rows are those of the calendar fold's dates; each asset trains on all its rows
+    up to the gap before them."""
+    gap = job.settings.gap
     splits = datasets.get_walk_forward_splits(
-        job.frame, job.n_splits, job.val_size, min_train_size=job.min_train_size
+        job.frame, job.n_splits, job.val_size, min_train_size=job.min_train_size, gap=gap
     )
     if job.frames is None:
         return [{job.settings.asset_id: split} for split in splits]
     out = []
     for _, val_ref in splits:
         start, end = val_ref.index[0], val_ref.index[-1]
-        out.append({a: (f.loc[f.index < start], f.loc[start:end]) for a, f in job.frames.items()})
+        parts = {}
+        for asset, f in job.frames.items():
+            before = f.loc[f.index < start]
+            parts[asset] = (before.iloc[: len(before) - gap], f.loc[start:end])
+        out.append(parts)
     return out
 
 
+def asset_frame(job: Job, asset: str) -> pd.DataFrame:
+    """All the tuning rows of ``asset`` (a fold's forecast inputs come from them)."""
+    return job.frame if job.frames is None else job.frames[asset]
+
+
 def prepare(job: Job, parts: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]]) -> Any:
-    """The fold's preprocessing fitted on each asset's training rows and its series."""
+    """The fold's preprocessing fitted on each asset's training rows and its series. The gap's
+    bars are transformed with the validation rows (they are the inputs of its first windows)
+    and then cut from the validation target that early stopping scores."""
+    contiguous = {}
+    for asset, (train, val) in parts.items():
+        frame = asset_frame(job, asset)
+        contiguous[asset] = (train, frame.loc[frame.index > train.index[-1]].loc[: val.index[-1]])
+    start = next(iter(parts.values()))[1].index[0]  # a basket's folds share their dates
     if job.frames is None:
-        ((train_df, val_df),) = parts.values()
-        return series.prepare_from_settings(job.settings.features, train_df, val_df)
-    return basket.prepare_basket(
-        parts,
+        ((train_df, val_df),) = contiguous.values()
+        return _from(start, series.prepare_from_settings(job.settings.features, train_df, val_df))
+    prepared = basket.prepare_basket(
+        contiguous,
         job.settings.features,
         static_covariates=zoo.supports_static_covariates(job.settings.model_name),
     )
+    return dataclasses.replace(
+        prepared, parts={a: _from(start, p) for a, p in prepared.parts.items()}
+    )
+
+
+def _from(start: pd.Timestamp, prepared: series.PreparedSeries) -> series.PreparedSeries:
+    """``prepared`` with its validation target starting at ``start`` (after the gap)."""
+    target = prepared.val_target
+    if target is None or target.start_time() >= start:
+        return prepared
+    return dataclasses.replace(prepared, val_target=target.slice(start, target.end_time()))
 
 
 def _score_asset(
-    model: Any, preprocessor: Any, asset: str, train_df: pd.DataFrame, val_df: pd.DataFrame
+    model: Any, preprocessor: Any, asset: str, frame: pd.DataFrame, val_df: pd.DataFrame
 ) -> dict[str, Any]:
-    """One asset's one-step forecasts of its fold's validation rows, scored against naive."""
+    """One asset's one-step forecasts of its fold's validation rows, scored against naive;
+    their inputs are the rows of ``frame`` before them (the gap's bars included)."""
     from kallos_models.modelling import forecasting, metrics
 
     own = (
@@ -122,7 +160,7 @@ def _score_asset(
     needed = forecasting.lookback_bars(
         forecasting.model_chunk_lengths(model)[0], 1, own.target_transform
     )
-    context = pd.concat([train_df.iloc[-needed:], val_df])
+    context = pd.concat([frame.loc[frame.index < val_df.index[0]].iloc[-needed:], val_df])
     forecasts = forecasting.rolling_forecasts(model, own, context, start=val_df.index[0], horizon=1)
     return metrics.compute_metrics(
         forecasts["actual"].to_numpy(),
@@ -136,8 +174,10 @@ def _score_asset(
 def make_objective(job: Job, gate: TrialGate) -> Callable[[Any], float]:
     """The Optuna objective of ``job``: the mean fold score of one sampled parameter set.
 
-    Each fold's score is reported (``step`` = fold index) so the pruner can stop the trial;
-    a model error or a non-finite score makes the trial's value NaN (a FAIL).
+    Each epoch's best validation loss and each fold's score are reported (steps numbered by
+    :class:`.pruning.Steps`) so the pruner can stop the trial inside a fold; past the tune's
+    deadline the trial is pruned at its next epoch or fold. A model error or a non-finite
+    score makes the trial's value NaN (a FAIL).
     """
     import optuna
 
@@ -147,6 +187,7 @@ def make_objective(job: Job, gate: TrialGate) -> Callable[[Any], float]:
     spec = zoo.get_spec(s.model_name)
     space = job.search_space or spec.search_space
     fold_parts = folds(job)
+    steps = job_steps(job)
     trainer_kwargs = fitting.build_trainer_kwargs(
         accelerator=s.trainer.accelerator,
         devices=s.trainer.devices,
@@ -195,9 +236,19 @@ def make_objective(job: Job, gate: TrialGate) -> Callable[[Any], float]:
             if best_epochs:
                 trial.set_user_attr("n_epochs", max(1, round(sum(best_epochs) / len(best_epochs))))
 
+        def stop(why: str, where: str) -> optuna.TrialPruned:
+            trial.set_user_attr("stopped", why)
+            record()
+            if why == "timeout":
+                return optuna.TrialPruned(f"stopped by the timeout at {where}")
+            return optuna.TrialPruned(f"pruned at {where}")
+
         for index, parts in enumerate(fold_parts):
+            if index and job.deadline is not None and time.time() >= job.deadline:
+                raise stop("timeout", f"the start of fold {index + 1}")
             started = time.perf_counter()
             prepared = prepare(job, parts)
+            reporter = make_epoch_reporter(trial, steps, index, job.deadline) if spec.deep else None
             try:
                 # Lightning turns Ctrl-C in a fit or a predict into sys.exit(1); this makes it a
                 # KeyboardInterrupt again, which Optuna turns into a FAIL and re-raises
@@ -209,13 +260,25 @@ def make_objective(job: Job, gate: TrialGate) -> Callable[[Any], float]:
                         max_epochs=s.trainer.max_epochs,
                         seed=s.trainer.seed,
                         trainer_kwargs=trainer_kwargs,
+                        extra_callbacks=() if reporter is None else (reporter,),
                     )
+                    if reporter is not None:
+                        reporter.finish()
+                        if reporter.stopped is not None:
+                            assert reporter.last_step is not None
+                            raise stop(reporter.stopped, steps.describe(reporter.last_step))
                     asset_scores = {
                         asset: _fold_score(
-                            _score_asset(fit.model, prepared.preprocessor, asset, *rows),
+                            _score_asset(
+                                fit.model,
+                                prepared.preprocessor,
+                                asset,
+                                asset_frame(job, asset),
+                                val_rows,
+                            ),
                             s.metric,
                         )
-                        for asset, rows in parts.items()
+                        for asset, (_, val_rows) in parts.items()
                     }
             except ModelError as exc:  # e.g. a diverged model forecasting NaN
                 logger.warning("trial %d fold %d failed: %s", trial.number, index + 1, exc)
@@ -240,11 +303,9 @@ def make_objective(job: Job, gate: TrialGate) -> Callable[[Any], float]:
                     s.metric,
                 )
                 return float("nan")
-            trial.report(score, step=index)
+            trial.report(score, step=steps.fold(index))
             if trial.should_prune():
-                raise optuna.TrialPruned(
-                    f"pruned after fold {index + 1}/{len(fold_parts)}: {s.metric} {score:.6g}"
-                )
+                raise stop("pruned", f"fold {index + 1}/{len(fold_parts)}")
         return float(sum(scores) / len(scores))
 
     return objective
