@@ -19,6 +19,7 @@ import pytest
 from kallos_models.compare import ScoredModel, format_table, interval_columns, leaderboard_rows
 from kallos_models.errors import DataError
 from kallos_models.modelling.metrics import compute_metrics, diebold_mariano
+from kallos_models.modelling.selection import holm_adjust
 from tests.helpers import (
     assert_error,
     make_ohlcv,
@@ -114,6 +115,8 @@ def test_compare_ranks_real_bundles_on_one_window(db_url: str, tmp_path: Path) -
         assert row["directional_accuracy"] == record["directional_accuracy"]
         strategy = record["backtest"]["strategy"]
         assert row["sharpe"] == strategy["annualised_sharpe"]
+        assert row["deflated_sharpe"] == record["backtest"]["deflated_sharpe"]["probability"]
+        assert row["search_trials"] == 1  # trained from plain parameters: no search recorded
         assert row["max_drawdown"] == strategy["max_drawdown"] <= 0.0
         assert "coverage_80" not in row  # no model has intervals
 
@@ -126,6 +129,10 @@ def test_compare_ranks_real_bundles_on_one_window(db_url: str, tmp_path: Path) -
     )
     table = result.stderr
     assert "p(leader)" in table and all(name in table for name in names)
+    assert "adj" in table and "DSR" in table
+    # the tests against naive, Holm-adjusted for the models compared
+    naive = holm_adjust([row["dm_p_value_vs_naive"] for row in rows])
+    assert [row["dm_p_value_vs_naive_holm"] for row in rows] == naive
 
 
 def test_two_bundles_of_one_model_get_their_own_rows_and_folders(
@@ -252,6 +259,11 @@ def test_leaderboard_rows_rank_test_and_read_intervals() -> None:
     assert rows[1]["dm_p_value_vs_leader"] == pytest.approx(expected)
     assert 0.0 <= rows[2]["dm_p_value_vs_leader"] <= 1.0
     assert rows[2]["dm_p_value_vs_leader"] < rows[1]["dm_p_value_vs_leader"]
+    # Holm: the smaller of the two leader tests doubled, the larger never below it
+    low, high = rows[2]["dm_p_value_vs_leader"], rows[1]["dm_p_value_vs_leader"]
+    assert rows[2]["dm_p_value_vs_leader_holm"] == pytest.approx(min(1.0, 2 * low))
+    assert rows[1]["dm_p_value_vs_leader_holm"] == pytest.approx(max(min(1.0, 2 * low), high))
+    assert rows[0]["dm_p_value_vs_leader_holm"] is None
     # intervals where present; the same keys (null) for a model without
     assert rows[1]["interval_method"] == "conformal"
     assert rows[1]["coverage_80"] == 0.78 and rows[1]["interval_score_ratio_80"] == 0.93

@@ -164,7 +164,11 @@ def test_tune_train_evaluate_promote_rollback_archive(world: dict[str, str], tmp
     result = evaluate(world, first["paths"]["model"], "eval1")
     assert result.exit_code == 0, result.output
     local_metrics = json.loads(result.stdout)
+    # the Sharpe ratio is deflated by the study's two trials, named in the record
+    deflated = local_metrics["backtest"]["deflated_sharpe"]
+    assert (deflated["n_trials"], deflated["trials_source"]) == (2, "study gru_BTC_1d")
     version = client.get_model_version(NAME, "1")
+    assert float(version.tags["holdout.search_trials"]) == 2
     assert float(version.tags["holdout.rmse"]) == pytest.approx(local_metrics["rmse"])
     assert float(version.tags["holdout.rmse_ratio"]) == pytest.approx(local_metrics["rmse_ratio"])
     train_run = client.get_run(version.run_id)

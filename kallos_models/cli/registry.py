@@ -80,7 +80,12 @@ def registry_list(ctx: click.Context, as_json, **flags) -> None:
 
 
 # Column label and width of a headline metric in `registry list` (others: their key, 10).
-_METRIC_COLUMNS = {"directional_accuracy": ("dir_acc", 8), "sharpe": ("sharpe", 7)}
+_METRIC_COLUMNS = {
+    "directional_accuracy": ("dir_acc", 8),
+    "sharpe": ("sharpe", 7),
+    "deflated_sharpe": ("dsr", 7),
+    "search_trials": ("trials", 6),
+}
 
 
 def _version_table(rows: list[dict[str, Any]]) -> list[str]:
@@ -131,6 +136,14 @@ def _fmt_number(value: Any) -> str:
     help="Refuse if the backtest strategy's annualised Sharpe is below this.",
 )
 @click.option(
+    "--min-deflated-sharpe",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Refuse if the Deflated Sharpe Ratio (0..1: the probability that the backtest's "
+    "Sharpe beats the luckiest of the trials of the study that chose the parameters) is "
+    "below this, e.g. 0.95.",
+)
+@click.option(
     "--gate",
     type=click.Choice(["pooled", "each-asset"]),
     default="pooled",
@@ -146,6 +159,7 @@ def registry_promote(
     max_skill_ratio,
     min_directional_accuracy,
     min_sharpe,
+    min_deflated_sharpe,
     gate,
     **flags,
 ) -> None:
@@ -157,7 +171,8 @@ def registry_promote(
     \b
     Example:
       kallos-run registry promote --asset-id BTC --version 2 --alias champion \\
-          --max-skill-ratio 1.0 --min-directional-accuracy 0.5 --min-sharpe 0.5
+          --max-skill-ratio 1.0 --min-directional-accuracy 0.5 --min-sharpe 0.5 \\
+          --min-deflated-sharpe 0.95
       kallos-run registry promote --asset-id BTC,ETH,SOL --timeframe 4h --version 1 \\
           --max-skill-ratio 1.0 --gate each-asset
     """
@@ -168,6 +183,7 @@ def registry_promote(
         max_skill_ratio=max_skill_ratio,
         min_directional_accuracy=min_directional_accuracy,
         min_sharpe=min_sharpe,
+        min_deflated_sharpe=min_deflated_sharpe,
         scope="each_asset" if gate == "each-asset" else "pooled",
     )
     try:

@@ -20,6 +20,7 @@ import pandas as pd
 
 from kallos_models.errors import DataError
 from kallos_models.modelling.metrics import diebold_mariano, headline
+from kallos_models.modelling.selection import holm_adjust
 
 __all__ = ["ScoredModel", "common_bars", "format_table", "interval_columns", "leaderboard_rows"]
 
@@ -169,9 +170,12 @@ def leaderboard_rows(scored: Sequence[ScoredModel], *, horizon: int = 1) -> list
         ``rmse_ratio``, ``dm_p_value_vs_naive`` (the record's Diebold-Mariano p-value),
         ``dm_p_value_vs_leader`` (the same test of this model's squared errors against the
         leader's; None for the leader, and when the test is undefined, e.g. identical
-        forecasts), ``directional_accuracy``, the :func:`interval_columns` when any model
-        has intervals (None for a model without), ``sharpe`` and ``max_drawdown`` (the
-        backtest strategy's annualised Sharpe ratio and maximum drawdown, a negative
+        forecasts), each with a ``_holm`` twin (Holm-adjusted for the number of models tested
+        together, :func:`kallos_models.modelling.selection.holm_adjust`),
+        ``directional_accuracy``, the :func:`interval_columns` when any model has intervals
+        (None for a model without), ``sharpe``, ``deflated_sharpe`` and ``search_trials``
+        (the Deflated Sharpe Ratio given the trials of the study that chose the model's
+        parameters), ``max_drawdown`` (the backtest strategy's maximum drawdown, a negative
         fraction; None without a backtest) and ``metrics_path``.
 
     Raises
@@ -185,7 +189,7 @@ def leaderboard_rows(scored: Sequence[ScoredModel], *, horizon: int = 1) -> list
     interval_keys = list(dict.fromkeys(key for columns in intervals for key in columns))
     leader = ranked[0]
     leader_errors = _errors(leader)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for rank, (model, columns) in enumerate(zip(ranked, intervals, strict=True), start=1):
         numbers = headline(model.metrics)
         vs_leader = None
@@ -204,12 +208,19 @@ def leaderboard_rows(scored: Sequence[ScoredModel], *, horizon: int = 1) -> list
                 "directional_accuracy": numbers["directional_accuracy"],
                 **{key: columns.get(key) for key in interval_keys},
                 "sharpe": numbers["sharpe"],
+                "deflated_sharpe": numbers["deflated_sharpe"],
+                "search_trials": numbers["search_trials"],
                 "max_drawdown": _number(
                     _get(model.metrics, "backtest", "strategy", "max_drawdown")
                 ),
                 "metrics_path": model.metrics_path,
             }
         )
+    # the tests run together: Holm's adjustment for the number of models compared
+    for key in ("dm_p_value_vs_naive", "dm_p_value_vs_leader"):
+        adjusted = holm_adjust([row[key] for row in rows])
+        for row, value in zip(rows, adjusted, strict=True):
+            row[f"{key}_holm"] = value
     return rows
 
 
@@ -231,9 +242,12 @@ _COLUMNS: tuple[tuple[str, str, str], ...] = (
     ("rmse_ratio", "ratio", ".4f"),
     ("rmse", "rmse", ".6g"),
     ("dm_p_value_vs_naive", "p(naive)", ".3g"),
+    ("dm_p_value_vs_naive_holm", "adj", ".3g"),
     ("dm_p_value_vs_leader", "p(leader)", ".3g"),
+    ("dm_p_value_vs_leader_holm", "adj", ".3g"),
     ("directional_accuracy", "dir.acc", ".1%"),
     ("sharpe", "sharpe", ".2f"),
+    ("deflated_sharpe", "DSR", ".2f"),
     ("max_drawdown", "max DD", ".1%"),
 )
 
@@ -255,7 +269,8 @@ def _columns(rows: Sequence[Mapping[str, Any]]) -> list[tuple[str, str, str]]:
 def _cell(row: Mapping[str, Any], key: str, spec: str) -> str:
     value = row.get(key)
     if value is None:
-        return "-" if key == "dm_p_value_vs_leader" and row.get("rank") == 1 else "n/a"
+        leader_test = key.startswith("dm_p_value_vs_leader")
+        return "-" if leader_test and row.get("rank") == 1 else "n/a"
     return str(value) if spec == "s" else format(value, spec)
 
 
@@ -280,9 +295,11 @@ def format_table(summary: Mapping[str, Any]) -> str:
     -------
     str
         Columns ``#``, ``model``, ``ratio`` (RMSE over naive's), ``rmse``, ``p(naive)`` and
-        ``p(leader)`` (Diebold-Mariano p-values; ``-`` for the leader), ``dir.acc``, then
+        ``p(leader)`` (Diebold-Mariano p-values; ``-`` for the leader), each followed by
+        ``adj`` (Holm-adjusted for the models compared), ``dir.acc``, then
         ``cov80``/``IS80``... (coverage and interval score ratio per level) when a model has
-        intervals, ``sharpe``, ``max DD``; ``n/a`` where a value is missing.
+        intervals, ``sharpe``, ``DSR`` (Deflated Sharpe Ratio), ``max DD``; ``n/a`` where a
+        value is missing.
     """
     rows = list(summary.get("leaderboard") or [])
     columns = _columns(rows)

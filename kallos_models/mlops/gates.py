@@ -20,6 +20,10 @@ class Thresholds:
         Lowest allowed share of bars whose direction was forecast right, in [0, 1].
     min_sharpe : float or None, default None
         Lowest allowed annualised Sharpe ratio of the backtest strategy.
+    min_deflated_sharpe : float or None, default None
+        Lowest allowed Deflated Sharpe Ratio of the backtest, in [0, 1]: the probability that
+        its Sharpe ratio beats the best of as many unskilled trials as the search that chose
+        the parameters ran (:func:`kallos_models.modelling.selection.deflated_sharpe`).
     scope : {"pooled", "each_asset"}, default "pooled"
         For a global model's version: check the pooled figures (mean RMSE ratio, directional
         accuracy over all forecasts, mean Sharpe) or every asset's own. Ignored otherwise.
@@ -28,6 +32,7 @@ class Thresholds:
     max_skill_ratio: float | None = None
     min_directional_accuracy: float | None = None
     min_sharpe: float | None = None
+    min_deflated_sharpe: float | None = None
     #: A global model's gate: its pooled figures, or every asset's own (each must pass).
     scope: Literal["pooled", "each_asset"] = "pooled"
 
@@ -42,6 +47,7 @@ class Thresholds:
                 self.min_directional_accuracy,
             ),
             ("sharpe", "--min-sharpe", "min", self.min_sharpe),
+            ("deflated_sharpe", "--min-deflated-sharpe", "min", self.min_deflated_sharpe),
         ]
         return [(m, f, k, float(limit)) for m, f, k, limit in rows if limit is not None]
 
@@ -55,12 +61,25 @@ def failures(metrics: dict[str, float | None], thresholds: Thresholds) -> list[s
         if value is None:
             why = (
                 " (the evaluation ran no backtest; evaluate with --horizon 1)"
-                if metric == "sharpe"
+                if metric in ("sharpe", "deflated_sharpe")
                 else ""
             )
             failed.append(f"{metric} is not available{why}, but {flag} {limit:g} is set")
         elif kind == "max" and value > limit:
             failed.append(f"{metric} {value:.4g} is above {flag} {limit:g}")
         elif kind == "min" and value < limit:
-            failed.append(f"{metric} {value:.4g} is below {flag} {limit:g}")
+            failed.append(f"{metric} {value:.4g} is below {flag} {limit:g}{_why(metric, metrics)}")
     return failed
+
+
+def _why(metric: str, metrics: dict[str, float | None]) -> str:
+    """What a failed deflated Sharpe ratio deflated: the plain Sharpe ratio and the trials."""
+    if metric != "deflated_sharpe":
+        return ""
+    sharpe, trials = metrics.get("sharpe"), metrics.get("search_trials")
+    plain = "n/a" if sharpe is None else f"{sharpe:.4g}"
+    searched = "an unknown number of" if trials is None else f"{trials:g}"
+    return (
+        f": the Sharpe ratio {plain} does not survive a search of {searched} trial(s) "
+        "(the probability that it beats their luckiest is too low)"
+    )

@@ -20,7 +20,16 @@ from kallos_models.modelling import fitting, zoo
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["full_params", "read_params_file", "resolve_params", "training_params"]
+__all__ = [
+    "full_params",
+    "read_params_file",
+    "resolve_params",
+    "search_record",
+    "training_params",
+]
+
+#: The trial states of a tuner file's ``trial_counts`` that count as configurations tried.
+_TRIED_STATES = ("COMPLETE", "PRUNED")
 
 
 def _check_n_epochs(value: Any, path: Path) -> int:
@@ -32,6 +41,25 @@ def _check_n_epochs(value: Any, path: Path) -> int:
             f"params file {path}: n_epochs must be an integer >= 1, got {value!r}; fix or remove it"
         )
     return int(number)
+
+
+def _read_object(file: Path) -> dict[str, Any]:
+    """The JSON object of a params file (ConfigError: missing, not JSON, not an object)."""
+    if not file.is_file():
+        raise ConfigError(
+            f"params file {file} does not exist; pass the file written by `kallos-run tune` "
+            "({model}_{asset}_best_params.json) or a JSON object of hyperparameters"
+        )
+    try:
+        data = json.loads(file.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"params file {file} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"params file {file} holds a JSON {type(data).__name__}, not an object; write it "
+            'as {"hidden_dim": 64, "input_chunk_length": 45, ...}'
+        )
+    return data
 
 
 def read_params_file(path: str | Path) -> tuple[dict[str, Any], int | None]:
@@ -64,20 +92,7 @@ def read_params_file(path: str | Path) -> tuple[dict[str, Any], int | None]:
         not one), or ``n_epochs`` is not an integer >= 1.
     """
     file = Path(path)
-    if not file.is_file():
-        raise ConfigError(
-            f"params file {file} does not exist; pass the file written by `kallos-run tune` "
-            "({model}_{asset}_best_params.json) or a JSON object of hyperparameters"
-        )
-    try:
-        data = json.loads(file.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"params file {file} is not valid JSON: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"params file {file} holds a JSON {type(data).__name__}, not an object; write it "
-            'as {"hidden_dim": 64, "input_chunk_length": 45, ...}'
-        )
+    data = _read_object(file)
     n_epochs: int | None = None
     if "params" in data:
         inner = data["params"]
@@ -186,3 +201,45 @@ def training_params(
     used = full_params(spec.defaults, values, n_epochs)
     checked = zoo.validate_params(model_name, used, random_state=seed)
     return used, checked
+
+
+def search_record(*sources: Mapping[str, Any] | str | Path | None) -> dict[str, Any] | None:
+    """How hard the search tried that chose the parameters of ``sources`` (params files).
+
+    A tuner file (``kallos-run tune``'s ``*_best_params.json``) names its study and counts its
+    trials; each finished trial (complete or pruned) is a configuration tried, and so is each
+    trial of a study it was warm-started from. Mappings and plain parameter files record no
+    search and are skipped.
+
+    Returns
+    -------
+    dict or None
+        ``n_trials`` (summed over the sources) and ``studies`` (``study_name``, ``n_trials``,
+        ``metric``, ``value``, ``params_file``, ``warm_start_trials``); None when no source is
+        a tuner file. A bundle's manifest keeps it as ``search``, and ``evaluate`` deflates the
+        hold-out Sharpe ratio by its ``n_trials``.
+    """
+    studies = []
+    for source in sources:
+        if not isinstance(source, (str, Path)):
+            continue
+        data = _read_object(Path(source))
+        counts = data.get("trial_counts")
+        if not isinstance(counts, Mapping) or "study_name" not in data:
+            continue
+        own = sum(int(counts.get(state) or 0) for state in _TRIED_STATES)
+        warm = data.get("warm_start")
+        warm_trials = int(warm.get("n_trials") or 0) if isinstance(warm, Mapping) else 0
+        studies.append(
+            {
+                "study_name": data.get("study_name"),
+                "n_trials": own + warm_trials,
+                "metric": data.get("metric"),
+                "value": data.get("value"),
+                "params_file": str(source),
+                "warm_start_trials": warm_trials,
+            }
+        )
+    if not studies:
+        return None
+    return {"n_trials": sum(study["n_trials"] for study in studies), "studies": studies}

@@ -22,6 +22,9 @@ HEADLINE_METRICS: dict[str, tuple[str, ...]] = {
     "rmse_ratio": ("rmse_ratio",),
     "directional_accuracy": ("directional_accuracy",),
     "sharpe": ("backtest", "strategy", "annualised_sharpe"),
+    # the probability that the Sharpe ratio survives the search that chose the parameters
+    "deflated_sharpe": ("backtest", "deflated_sharpe", "probability"),
+    "search_trials": ("backtest", "deflated_sharpe", "n_trials"),
 }
 
 
@@ -37,22 +40,33 @@ def headline(record: Mapping[str, Any]) -> dict[str, float | None]:
     -------
     dict
         The :data:`HEADLINE_METRICS`: ``rmse``, ``naive_rmse``, ``rmse_ratio``,
-        ``directional_accuracy`` and ``sharpe`` (the backtest strategy's annualised Sharpe
-        ratio); None where missing or not finite. For a global model's record (``pooled``,
-        ``per_asset``) the pooled figures: the mean RMSE ratio, the directional accuracy over
-        all forecasts, the mean of the assets' Sharpe ratios; ``rmse`` and ``naive_rmse`` None
-        (prices of different assets do not add up).
+        ``directional_accuracy``, ``sharpe`` (the backtest strategy's annualised Sharpe
+        ratio), ``deflated_sharpe`` (the probability that it survives the search,
+        :func:`kallos_models.modelling.selection.deflated_sharpe`) and ``search_trials`` (the
+        trials it is deflated by); None where missing or not finite. For a global model's
+        record (``pooled``, ``per_asset``) the pooled figures: the mean RMSE ratio, the
+        directional accuracy over all forecasts, the mean of the assets' Sharpe ratios, the
+        lowest of their deflated Sharpe ratios; ``rmse`` and ``naive_rmse`` None (prices of
+        different assets do not add up).
     """
     if isinstance(record.get("pooled"), Mapping):
         pooled = record["pooled"]
-        sharpes = [headline(r)["sharpe"] for r in asset_records(record).values()]
-        known = [v for v in sharpes if v is not None]
+        assets = [headline(r) for r in asset_records(record).values()]
+
+        def every(key: str) -> list[float] | None:
+            known = [float(value) for row in assets if (value := row[key]) is not None]
+            return known if known and len(known) == len(assets) else None
+
+        sharpes, deflated = every("sharpe"), every("deflated_sharpe")
+        trials = every("search_trials")
         return {
             "rmse": None,
             "naive_rmse": None,
             "rmse_ratio": _finite_or_none(pooled.get("rmse_ratio")),
             "directional_accuracy": _finite_or_none(pooled.get("directional_accuracy")),
-            "sharpe": float(np.mean(known)) if known and len(known) == len(sharpes) else None,
+            "sharpe": float(np.mean(sharpes)) if sharpes else None,
+            "deflated_sharpe": min(deflated) if deflated else None,
+            "search_trials": max(trials) if trials else None,
         }
     out: dict[str, float | None] = {}
     for name, path in HEADLINE_METRICS.items():

@@ -26,7 +26,7 @@ from kallos_models.errors import ConfigError, DataError
 from kallos_models.modelling import basket, bundles, ensemble, fitting, series, zoo
 from kallos_models.modelling.bundles import BundlePaths
 from kallos_models.modelling.ensemble import EnsembleSpec
-from kallos_models.modelling.hyperparams import read_params_file, training_params
+from kallos_models.modelling.hyperparams import read_params_file, search_record, training_params
 from kallos_models.modelling.intervals import IntervalSpec
 from kallos_models.stage_settings import DEFAULT_OUTPUT_DIRS, TrainSettings, train_settings
 
@@ -345,6 +345,10 @@ def train_model(
         "requested_accelerator": s.trainer.accelerator,
         "epochs_run": fit.epochs_run if deep and members is None else None,
         "training_seconds": round(fit.seconds, 3),
+        # the study (or studies) that chose the parameters: evaluate deflates by its trials
+        "search": search_record(
+            *(members.member_params.values() if members is not None else (params,))
+        ),
     }
     if members is not None:
         manifest["ensemble"] = members.record(resolved, fit.model)

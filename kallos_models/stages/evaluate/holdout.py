@@ -54,6 +54,7 @@ from kallos_models.modelling.intervals import (
 )
 from kallos_models.modelling.metrics import compute_metrics
 from kallos_models.modelling.preprocessing import FeaturePreprocessor
+from kallos_models.modelling.selection import deflated_sharpe
 from kallos_models.stage_settings import DEFAULT_OUTPUT_DIRS, EvaluateSettings
 from kallos_models.stages.evaluate.plot import plot_evaluation
 from kallos_models.stages.evaluate.result import EvaluationResult
@@ -289,6 +290,21 @@ def load_window(
     return frame, pos
 
 
+def search_trials(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """``n_trials`` and ``trials_source`` for :func:`deflated_sharpe` from a bundle's manifest:
+    its ``search`` record (the studies that chose its parameters), else 1 trial."""
+    search = manifest.get("search")
+    n_trials = search.get("n_trials") if isinstance(search, Mapping) else None
+    if not isinstance(search, Mapping) or not isinstance(n_trials, int) or n_trials < 1:
+        return {
+            "n_trials": 1,
+            "trials_source": "no search recorded (the parameters were not a tuner's file): "
+            "deflated for 1 trial only",
+        }
+    names = ", ".join(str(study.get("study_name")) for study in search.get("studies") or [])
+    return {"n_trials": n_trials, "trials_source": f"study {names}"}
+
+
 def score_and_write(
     s: EvaluateSettings,
     checked: CheckedBundle,
@@ -349,6 +365,11 @@ def score_and_write(
     if horizon == 1:
         backtest: dict[str, Any] = run_backtest(results, timeframe=timeframe, config=config)
         curves = backtest_curves(results, timeframe=timeframe, config=config)
+        backtest["deflated_sharpe"] = deflated_sharpe(
+            curves["strategy_return"].to_numpy(),
+            **search_trials(checked.manifest),
+            bars_per_year=backtest["bars_per_year"],
+        )
     else:
         backtest = {
             "config": dataclasses.asdict(config),
