@@ -43,6 +43,8 @@ def tune(
     show_progress: bool = False,
     search_space: Any = None,
     pruner: Any = None,
+    warm_start_from: str | None = None,
+    space: str = "auto",
 ) -> TuneResult:
     """:func:`kallos_models.stages.tune.tune`, tracked in MLflow when ``tracking_uri`` is set.
 
@@ -56,6 +58,10 @@ def tune(
         ``(trial, timeframe) -> params`` replacing the registry's search space.
     pruner : optuna.pruners.BasePruner or None, default None
         None: the one ``settings.pruner`` names.
+    warm_start_from : str or None, default None
+        A study (same model, same storage) whose best configurations are tried first.
+    space : {"auto", "cpu", "full"}, default "auto"
+        The search space and epoch budget (:mod:`kallos_models.stages.tune.budget`).
 
     Returns
     -------
@@ -67,11 +73,12 @@ def tune(
     stage = tune_settings(settings)  # required values checked before anything else
     observers = [tracking.TuneTracker(settings)] if tracking.enabled(settings) else []
     # only what the caller chose: the stage's own defaults stay in one place
-    chosen = {"search_space": search_space, "pruner": pruner}
+    chosen = {"search_space": search_space, "pruner": pruner, "warm_start_from": warm_start_from}
     return tune_stage.tune(
         stage,
         show_progress=show_progress,
         observers=observers,
+        space=space,
         **{key: value for key, value in chosen.items() if value is not None},
     )
 
@@ -320,9 +327,9 @@ def run_tuning(
         Any other setting (``timeframe``, ``start_date``, ``max_epochs``, ``metric``,
         ``seed``, ``storage_url``, ``workers``, ``heartbeat_interval``, ``grace_period``,
         ``timeout``, ``output_path``, ...), plus ``show_progress`` (default False),
-        ``search_space`` and ``pruner`` (see :func:`tune`). With ``tracking_uri`` set
-        (argument, ``KALLOS_TRACKING_URI``, config.json or ``MLFLOW_TRACKING_URI``) the
-        study is tracked in MLflow like ``kallos-run tune``.
+        ``search_space``, ``pruner``, ``warm_start_from`` and ``space`` (see :func:`tune`). With
+        ``tracking_uri`` set (argument, ``KALLOS_TRACKING_URI``, config.json or
+        ``MLFLOW_TRACKING_URI``) the study is tracked in MLflow like ``kallos-run tune``.
 
     Returns
     -------
@@ -338,6 +345,8 @@ def run_tuning(
     show_progress = bool(kwargs.pop("show_progress", False))
     search_space = kwargs.pop("search_space", None)
     pruner = kwargs.pop("pruner", None)
+    warm_start_from = kwargs.pop("warm_start_from", None)
+    space = str(kwargs.pop("space", "auto"))
     if isinstance(pruner, str):  # a name, as --pruner takes: a setting like any other
         kwargs["pruner"], pruner = pruner, None
     overrides: dict[str, Any] = {
@@ -358,5 +367,12 @@ def run_tuning(
     elif db_kwargs is not None:
         overrides["db_kwargs"] = dict(db_kwargs)
     settings = resolve_settings(overrides)
-    result = tune(settings, show_progress=show_progress, search_space=search_space, pruner=pruner)
+    result = tune(
+        settings,
+        show_progress=show_progress,
+        search_space=search_space,
+        pruner=pruner,
+        warm_start_from=warm_start_from,
+        space=space,
+    )
     return result.study

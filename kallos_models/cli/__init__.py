@@ -5,7 +5,7 @@ paths) on stdout. Logs and progress go to stderr. A :class:`KallosError` becomes
 ``Error: ...`` line and exit status 1; anything else is a bug and keeps its traceback.
 
 The commands live by subject: :mod:`.data` (ingest, assets, demo-data), :mod:`.models`
-(models, tune, train, evaluate, studies, demo), :mod:`.compare` (compare),
+(models, train, evaluate, demo), :mod:`.tuning` (tune, studies), :mod:`.compare` (compare),
 :mod:`.forecasts` (predict, score),
 :mod:`.registry` (the registry group); the
 options, settings and output helpers they share are in :mod:`.options`.
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import click
 
-from kallos_models.cli import compare, data, forecasts, models, registry
+from kallos_models.cli import compare, data, forecasts, models, registry, tuning
 from kallos_models.cli.options import CONTEXT_SETTINGS, KallosGroup, configure_logging
 
 __all__ = ["cli", "main"]
@@ -58,8 +58,8 @@ for _command in (
     models.train,
     models.evaluate,
     compare.compare,
-    models.tune,
-    models.studies,
+    tuning.tune,
+    tuning.studies,
     forecasts.predict,
     forecasts.score,
     models.demo,

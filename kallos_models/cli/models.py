@@ -1,6 +1,7 @@
-"""Model commands: list `models`, `tune`, `train`, `evaluate`, list `studies`, run the `demo`.
+"""Model commands: list `models`, `train`, `evaluate`, run the `demo` (`tune` and `studies`
+are in :mod:`kallos_models.cli.tuning`).
 
-`tune`, `train` and `evaluate` pass their flags to the settings resolver (``**flags``; only
+`train` and `evaluate` pass their flags to the settings resolver (``**flags``; only
 the end date has another settings key per command) and call :mod:`kallos_models.pipeline`.
 """
 
@@ -26,17 +27,15 @@ from kallos_models.cli.options import (
     max_epochs_option,
     model_option,
     n_trials_option,
-    optuna_schema_option,
     output_option,
     seed_option,
     settings,
     show_progress,
     start_date_option,
-    storage_option,
     timeframe_option,
     tracking_option,
 )
-from kallos_models.config import BacktestMode, Pruner
+from kallos_models.config import BacktestMode
 from kallos_models.errors import ConfigError
 from kallos_models.modelling.ensemble import ENSEMBLE_METHODS
 
@@ -351,105 +350,6 @@ def evaluate(
         t = result.tracking
         logger.info("logged to %s version %s", t["registered_model"], t["version"])
     echo_json(result.metrics)
-
-
-@click.command(context_settings=CONTEXT_SETTINGS)
-@model_option
-@basket_options
-@end_date_option(help="Last day of data used for tuning.")
-@start_date_option(help="First day of data [default: all].")
-@db_option
-@n_trials_option
-@click.option("--study-name", default=None, help="[default: {model}_{asset or basket}_{timeframe}]")
-@optuna_schema_option(help="PostgreSQL schema for Optuna's tables.")
-@storage_option
-@click.option(
-    "--workers", type=int, default=None, help="Worker processes on this machine [default: 1]."
-)
-@max_epochs_option
-@click.option(
-    "--metric",
-    type=click.Choice(["rmse", "mae", "mape", "smape", "rmse_rel_naive"]),
-    default=None,
-    help="Fold score, averaged over folds (for a basket, first over its assets; scale-free "
-    "scores only) [default: rmse; rmse_rel_naive for a basket].",
-)
-@gap_option(
-    help="Bars left out between each fold's training and validation rows (purged folds) "
-    "[default: the horizon]."
-)
-@click.option(
-    "--pruner",
-    type=click.Choice(list(get_args(Pruner))),
-    default=None,
-    help="Stops hopeless trials from the validation loss of each epoch and each fold's score: "
-    "median (worse than the completed trials' median at the same step), halving (successive "
-    "halving), hyperband, or none [default: median].",
-)
-@click.option(
-    "--timeout",
-    type=float,
-    default=None,
-    metavar="SEC",
-    help="Wall-clock budget of the whole tune: no trial starts after it, and running trials "
-    "are pruned at their next epoch or fold.",
-)
-@output_option(".")
-@seed_option(help="Sampler seed [default: 42].")
-@tracking_option
-@click.pass_context
-def tune(ctx: click.Context, end_date, **flags) -> None:
-    """Search hyperparameters with Optuna over walk-forward cross-validation.
-
-    Resumes the stored study; writes {model}_{asset}_best_params.json (gru_BTC_4h_... for a
-    timeframe other than 1d) and report plots. With a tracking URI: one MLflow run per tune,
-    a child run per trial. With --asset-id BTC,ETH,SOL each trial fits one global model per
-    fold (every asset split at the same dates) and scores the mean of the assets' scores,
-    each asset's kept on the trial (asset_scores).
-
-    \b
-    Example:
-      kallos-run tune --model-name gru --asset-id BTC --end-date 2023-12-31 --n-trials 20
-      kallos-run tune --model-name gru --asset-id BTC,ETH,SOL --timeframe 4h \\
-          --end-date 2023-12-31 --n-trials 20
-    """
-    from kallos_models import pipeline
-
-    # Ctrl-C / SIGTERM: the tune marks its running trial FAIL, writes the best params so far
-    # and re-raises; the CLI group prints tune.interrupt_note and exits 130 / 143
-    s = settings(ctx, tune_end_date=end_date, **flags)
-    result = pipeline.tune(s, show_progress=show_progress(ctx))
-    echo_json(result.summary)
-
-
-tune.interrupt_note = (  # type: ignore[attr-defined]
-    "the running trial was marked failed; run the same command to resume."
-)
-
-
-@click.command(context_settings=CONTEXT_SETTINGS)
-@db_option
-@storage_option
-@optuna_schema_option
-@json_option
-@click.pass_context
-def studies(ctx: click.Context, db_url, storage_url, optuna_schema, as_json) -> None:
-    """List the Optuna studies in a storage with trial counts and best values.
-
-    \b
-    Example:
-      kallos-run studies --db-url postgresql://kallos@db/kallos --optuna-schema optuna --json
-    """
-    from kallos_models.stages import tune as tuner
-
-    s = settings(ctx, db_url=db_url, storage_url=storage_url, optuna_schema=optuna_schema)
-    rows = tuner.list_studies(tuner.storage_url_for(s), s.optuna_schema)
-    if as_json:
-        echo_json(rows)
-        return
-    for row in rows:
-        counts = ", ".join(f"{k.lower()} {v}" for k, v in row["trials"].items())
-        click.echo(f"{row['name']}: best {row['best_value']} ({counts})")
 
 
 @click.command(context_settings=CONTEXT_SETTINGS)

@@ -200,6 +200,60 @@ class SearchSpace:
         """``{name: range as text}``, see :meth:`Tunable.describe`."""
         return {name: tunable.describe(timeframe) for name, tunable in self.params.items()}
 
+    def capped(self, caps: Mapping[str, float]) -> SearchSpace:
+        """This space with each parameter named in ``caps`` limited to at most its cap.
+
+        An int or float range keeps the values up to the cap (a range entirely above it
+        collapses to the cap); a choice keeps its values up to the cap (its smallest if none
+        is). The lookback and names not in ``caps`` are unchanged.
+        """
+        limited: dict[str, Tunable] = {}
+        for name, tunable in self.params.items():
+            cap = caps.get(name)
+            if cap is None or tunable.kind == "lookback":
+                limited[name] = tunable
+            elif tunable.kind == "choice":
+                kept = tuple(c for c in tunable.choices if c <= cap) or (min(tunable.choices),)
+                limited[name] = Tunable.choice(*kept)
+            else:
+                high = min(float(tunable.high or cap), cap)
+                low = min(float(tunable.low or 0.0), high)
+                if tunable.kind == "int":
+                    limited[name] = Tunable.integer(int(low), int(high), log=tunable.log)
+                else:
+                    limited[name] = Tunable.real(low, high, log=tunable.log)
+        return SearchSpace(limited)
+
+    def fit(self, params: Mapping[str, Any], timeframe: str) -> tuple[dict[str, Any], list[str]]:
+        """``params`` (found on another space or timeframe) brought inside this space.
+
+        A number outside its range on ``timeframe`` is clipped to the nearest bound (an int
+        rounded); a choice this space does not offer, or a name it does not tune, is left out
+        (the sampler picks it). Returns the fitted values and a note per change, e.g.
+        ``"input_chunk_length 45 -> 180"``.
+        """
+        fitted: dict[str, Any] = {}
+        notes: list[str] = []
+        for name, value in params.items():
+            tunable = self.params.get(name)
+            if tunable is None:
+                notes.append(f"{name} not searched here: left out")
+            elif tunable.kind == "choice":
+                if value in tunable.choices:
+                    fitted[name] = value
+                else:
+                    notes.append(f"{name} {value!r} not among {list(tunable.choices)}: left out")
+            elif isinstance(value, numbers.Real) and not isinstance(value, bool):
+                low, high = tunable.bounds(timeframe)
+                clipped = min(max(value, low), high)
+                clipped = float(clipped) if tunable.kind == "float" else int(round(clipped))
+                fitted[name] = clipped
+                if clipped != value:
+                    notes.append(f"{name} {value!r} -> {clipped!r}")
+            else:
+                notes.append(f"{name} {value!r} is not a number: left out")
+        return fitted, notes
+
 
 @dataclass(frozen=True)
 class Constraint:

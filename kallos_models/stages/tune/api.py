@@ -1,4 +1,4 @@
-"""The tune stage's entry points: :func:`tune`, :func:`list_studies` and their result types.
+"""The tune stage's entry point, :func:`tune`, and its result types.
 
 :func:`tune` checks everything a user can get wrong, creates or resumes the study and runs the
 missing trials (:mod:`.workers`, :mod:`.objective`) in its storage (:mod:`.storage`), then
@@ -16,8 +16,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import pandas as pd
-import sqlalchemy as sa
-from sqlalchemy.engine import URL
 
 from kallos_models.config import Settings
 from kallos_models.data import datasets, db
@@ -26,6 +24,7 @@ from kallos_models.errors import ConfigError, DataError, ModelError
 from kallos_models.modelling import fitting, zoo
 from kallos_models.modelling.ensemble import is_ensemble
 from kallos_models.stage_settings import TuneSettings, study_name_for, tune_settings
+from kallos_models.stages.tune.budget import choose
 from kallos_models.stages.tune.interrupts import finish_before_stopping
 from kallos_models.stages.tune.objective import (
     Job,
@@ -39,16 +38,15 @@ from kallos_models.stages.tune.objective import (
 from kallos_models.stages.tune.quiet import quiet
 from kallos_models.stages.tune.reports import write_outputs
 from kallos_models.stages.tune.storage import (
-    StorageSpec,
-    check_schema,
-    connect_error,
     open_storage,
-    plain_engine,
     storage_spec_for,
     storage_url_for,
 )
+from kallos_models.stages.tune.warm import describe as describe_warm_start
+from kallos_models.stages.tune.warm import enqueue as enqueue_warm_start
+from kallos_models.stages.tune.warm import load_source as warm_start_source
+from kallos_models.stages.tune.warm import report as warm_start_report
 from kallos_models.stages.tune.workers import (
-    STATE_ORDER,
     Outcome,
     count_states,
     fail_owned_running,
@@ -64,7 +62,6 @@ __all__ = [
     "TuneObserver",
     "TuneResult",
     "default_study_name",
-    "list_studies",
     "storage_url_for",
     "tune",
 ]
@@ -104,7 +101,9 @@ class TuneResult:
         JSON-able summary: ``params_path``, ``report_paths``, ``study_name``, ``storage``
         (password masked), ``optuna_schema``, ``value``, ``metric``, ``params``, ``n_epochs``,
         ``best_trial``, ``trial_counts`` (state -> count), ``n_trials`` (target),
-        ``n_finished``, ``n_new_trials``, ``folds`` and ``timed_out``.
+        ``n_finished``, ``n_new_trials``, ``folds``, ``pruner``, ``space`` (cpu, full or
+        custom), ``max_epochs``, ``timed_out``, ``seconds`` and ``warm_start``
+        (:func:`.warm.report`, None without a warm start).
     """
 
     study: Any
@@ -143,11 +142,13 @@ _STUDY_KEYS = (
     "assets",
     "gap",
     "max_epochs",
+    "space",
 )
 
 
-def _study_attrs(settings: TuneSettings) -> dict[str, Any]:
+def _study_attrs(settings: TuneSettings, space: str) -> dict[str, Any]:
     return {
+        "space": space,
         "model_name": settings.model_name,
         "asset_id": settings.asset_id,
         "timeframe": settings.timeframe,
@@ -160,6 +161,14 @@ def _study_attrs(settings: TuneSettings) -> dict[str, Any]:
         "gap": settings.gap,
         "max_epochs": settings.trainer.max_epochs,
     }
+
+
+def _stored_attrs(storage: Any, study_name: str) -> dict[str, Any]:
+    """The attributes of study ``study_name`` when it exists already, else empty."""
+    for study in storage.get_all_studies():
+        if study.study_name == study_name:
+            return dict(study.user_attrs)
+    return {}
 
 
 def _check_study(study: Any, wanted: Mapping[str, Any]) -> None:
@@ -204,6 +213,8 @@ def tune(
     search_space: SearchSpaceFn | None = None,
     pruner: Any = None,
     observers: Sequence[TuneObserver] = (),
+    warm_start_from: str | None = None,
+    space: str = "auto",
 ) -> TuneResult:
     """Tune ``settings.model_name`` on ``settings.asset_id`` (what ``kallos-run tune`` calls).
 
@@ -235,6 +246,16 @@ def tune(
     observers : sequence of TuneObserver, default ()
         Told when the trials start and when they are over (also after Ctrl-C or an error);
         :func:`kallos_models.pipeline.tune` passes MLflow's tracker here when tracking is on.
+    warm_start_from : str or None, default None
+        A study of the same model in the same storage (another asset or timeframe): its best
+        configurations (up to :data:`.warm.WARM_TRIALS`, within the trials still to run) are
+        queued as the first trials (:func:`.warm.enqueue`); the summary's ``warm_start``
+        compares the best warm-started trial with the best cold one.
+    space : {"auto", "cpu", "full"}, default "auto"
+        The search space and epoch budget (:mod:`.budget`): ``auto`` keeps a resumed study's
+        space, else searches the full space with a GPU and the CPU space (widths and depths
+        capped, at most 20 epochs per fold unless ``max_epochs`` is set to another number
+        than 100) without. Ignored with ``search_space``.
 
     Returns
     -------
@@ -326,16 +347,27 @@ def tune(
 
     with quiet(show_progress):
         storage = open_storage(storage_spec)
+        source = (
+            None
+            if warm_start_from is None
+            else warm_start_source(storage, warm_start_from, settings, job.study_name)
+        )
+        budget = choose(settings, space, search_space, _stored_attrs(storage, job.study_name))
+        settings = budget.settings
+        job = replace_job(job, settings=settings, search_space=budget.search_space)
         study = optuna.create_study(
             study_name=job.study_name,
             storage=storage,
             direction="minimize",
             load_if_exists=True,
         )
-        _check_study(study, _study_attrs(settings))
+        _check_study(study, _study_attrs(settings, budget.name))
         before = count_states(study)
         n_before = sum(before.values())
         missing = max(0, settings.n_trials - n_finished(before))
+        if source is not None:
+            fit_to = job.search_space or zoo.get_spec(settings.model_name).search_space
+            enqueue_warm_start(study, source, settings, fit_to, limit=missing)
         logger.info(
             "study %s in %s: %d of %d trials finished; %s",
             job.study_name,
@@ -421,9 +453,14 @@ def tune(
             "gap": settings.gap,
         },
         "pruner": settings.pruner if pruner is None else type(pruner).__name__,
+        "space": budget.name,
+        "max_epochs": settings.trainer.max_epochs,
         "timed_out": timed_out,
         "seconds": round(time.time() - started, 1),
+        "warm_start": warm_start_report(study),
     }
+    if summary["warm_start"] is not None:
+        logger.info("%s", describe_warm_start(summary["warm_start"]))
     return TuneResult(study=study, params_path=params_path, report_paths=reports, summary=summary)
 
 
@@ -436,82 +473,3 @@ def _tell_finished(
 ) -> None:
     for observer in observers:
         observer.finish(study, owners, status=status, files=files)
-
-
-def list_studies(
-    storage: str | URL | Mapping[str, Any], optuna_schema: str | None = None
-) -> list[dict[str, Any]]:
-    """The studies in an Optuna storage, with trial counts and best values.
-
-    Parameters
-    ----------
-    storage : str, URL or dict
-        Storage URL (or the seed's ``db_kwargs`` dict).
-    optuna_schema : str or None, default None
-        PostgreSQL schema holding Optuna's tables; None: the default schema.
-
-    Returns
-    -------
-    list of dict
-        One per study, by name: ``name``, ``direction``, ``trials`` (state -> count),
-        ``n_trials``, ``n_finished``, ``best_value``, ``best_trial``, ``datetime_start`` and
-        the study's ``model_name``, ``asset_id``, ``timeframe``, ``metric`` and ``end_date``
-        when it was created by :func:`tune`. Empty when the storage holds no Optuna tables.
-
-    Raises
-    ------
-    DatabaseError
-        The storage cannot be reached (URL shown with its password masked).
-    ConfigError
-        A schema on a non-PostgreSQL storage, or a malformed schema name.
-    """
-    import optuna
-
-    resolved = db.resolve_url(storage)
-    url = resolved.render_as_string(hide_password=False)
-    spec = StorageSpec(url=url, schema=check_schema(optuna_schema, url))
-    if resolved.get_backend_name() == "sqlite" and resolved.database not in (None, "", ":memory:"):
-        if not Path(str(resolved.database)).is_file():
-            return []  # listing never creates a database file
-    engine = plain_engine(spec)
-    try:
-        has_tables = sa.inspect(engine).has_table("studies", schema=spec.schema)
-    finally:
-        engine.dispose()
-    if not has_tables:
-        return []
-    with quiet(False):
-        rdb = open_storage(spec, create=False)
-        rows = []
-        try:
-            for frozen in sorted(rdb.get_all_studies(), key=lambda s: s.study_name):
-                trials = rdb.get_all_trials(frozen._study_id, deepcopy=False)
-                counts = dict.fromkeys(STATE_ORDER, 0)
-                for trial in trials:
-                    counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
-                complete = [t for t in trials if t.state.name == "COMPLETE" and t.value is not None]
-                minimize = frozen.direction == optuna.study.StudyDirection.MINIMIZE
-                best = (min if minimize else max)(complete, key=lambda t: t.value, default=None)
-                starts = [t.datetime_start for t in trials if t.datetime_start is not None]
-                attrs = frozen.user_attrs
-                rows.append(
-                    {
-                        "name": frozen.study_name,
-                        "direction": frozen.direction.name.lower(),
-                        "trials": counts,
-                        "n_trials": len(trials),
-                        "n_finished": n_finished(counts),
-                        "best_value": None if best is None else float(best.value),
-                        "best_trial": None if best is None else best.number,
-                        "datetime_start": str(min(starts)) if starts else None,
-                        **{
-                            key: attrs.get(key)
-                            for key in ("model_name", "asset_id", "timeframe", "metric", "end_date")
-                        },
-                    }
-                )
-        except sa.exc.SQLAlchemyError as exc:
-            raise connect_error(spec, exc) from None
-        finally:
-            rdb.engine.dispose()
-    return rows

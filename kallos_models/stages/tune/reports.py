@@ -52,6 +52,8 @@ def _best_payload(
         # a basket's assets and the best trial's mean score on each
         "assets": list(settings.assets or (settings.asset_id,)),
         "asset_scores": best.user_attrs.get("asset_scores"),
+        # the study this one was warm-started from: its trials count as tried too
+        "warm_start": study.user_attrs.get("warm_start"),
         "end_date": str(settings.end),
         "start_date": None if settings.start is None else str(settings.start),
     }
