@@ -1,7 +1,7 @@
 """Tune with pruning inside folds against the same seed with pruning off (20 trials each).
 
-Target: wall time <= 0.5x, best value within 2%. GRU on BTC 1d up to 2023-12-31, the
-registry's GRU space narrowed to widths 16-64 (bench_space), up to 10 epochs per fold. Each
+Target: wall time <= 0.5x, best value within 2%. GRU on BTC 1d up to 2023-12-31, the CPU
+search space (``--space cpu``, what a tune without a GPU samples), up to 10 epochs per fold. Each
 epoch's validation loss and each fold's score are reported; the pruners compared are the
 median at the same step (``--pruner median``) and Hyperband (``--pruner hyperband``).
 
@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import bench_space, ingest_shared, median, record
+from _common import ingest_shared, median, record
 
 MODES = ("none", "median", "hyperband")
 
@@ -56,7 +56,7 @@ def main() -> None:
                 cwd=work,
             )
             started = time.perf_counter()
-            result = tuner.tune(settings, search_space=bench_space)
+            result = tuner.tune(settings, space="cpu")
             walls[mode].append(time.perf_counter() - started)
             bests[mode].append(result.study.best_value)
             pruned[mode].append(result.summary["trial_counts"]["PRUNED"])

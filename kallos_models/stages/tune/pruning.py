@@ -25,8 +25,11 @@ from kallos_models.config import Pruner
 
 #: The names ``--pruner`` takes.
 PRUNERS: tuple[str, ...] = get_args(Pruner)
-#: Completed trials a median pruner waits for before it prunes anything.
-PRUNER_STARTUP_TRIALS = 5
+#: Completed trials a median pruner waits for before it prunes anything. They run in full, so
+#: they are the floor of a pruned tune's time: with 5 a 20-trial tune measured 0.60x of the
+#: unpruned one, with 3 0.24x (on the CPU space, a little wider than the first run's), the best
+#: value within 0.4% both times (documentation/performance.md).
+PRUNER_STARTUP_TRIALS = 3
 #: Ratio between the rungs of a successive-halving or Hyperband pruner.
 REDUCTION_FACTOR = 3
 
@@ -120,7 +123,8 @@ class SameStepMedianPruner:
 def make_pruner(name: str, steps: Steps) -> Any:
     """The pruner ``name`` (one of :data:`PRUNERS`) for a study numbered by ``steps``.
 
-    ``median``: :class:`SameStepMedianPruner` after 5 completed trials, with a warm-up of a
+    ``median``: :class:`SameStepMedianPruner` after :data:`PRUNER_STARTUP_TRIALS` (3) completed
+    trials, with a warm-up of a
     fifth of the epochs (1 to 5). ``halving``: Optuna's ``SuccessiveHalvingPruner`` from one
     epoch (rungs at 1, 3, 9, ... steps). ``hyperband``: Optuna's ``HyperbandPruner`` over
     steps 1 to the trial's last. ``none``: nothing is pruned (the values are still reported).
