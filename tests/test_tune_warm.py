@@ -67,9 +67,11 @@ def test_warm_start_queues_the_best_configurations_first(data: str, tmp_path: Pa
         search_space=SOURCE_SPACE,
     )
     ranked = sorted((t for t in source.study.trials if t.value is not None), key=lambda t: t.value)
+    # no pruning: every trial completes, so warm and cold trials are all compared
     settings = settings_for(
-        data, n_trials=5, study_name="target", max_epochs=1, output_path=str(tmp_path)
-    )
+        data, n_trials=5, study_name="target", max_epochs=1, output_path=str(tmp_path),
+        pruner="none",
+    )  # fmt: skip
     result = tuner.tune(settings, search_space=TARGET_SPACE, warm_start_from="source")
     trials = result.study.trials
     assert len(trials) == 5

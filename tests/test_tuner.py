@@ -272,7 +272,7 @@ def test_too_little_data_says_how_much_is_needed(db_url: str, tmp_path: Path) ->
 
 
 def test_parallel_workers_in_a_schema_finish_exactly_n_trials(pg_data: str) -> None:
-    settings = settings_for(pg_data, workers=2, n_trials=4, optuna_schema=SCHEMA)
+    settings = settings_for(pg_data, workers=2, n_trials=4, optuna_schema=SCHEMA, pruner="none")
     result = tuner.tune(settings, search_space=tiny_space)
     states = [t.state for t in result.study.trials]
     assert len(states) == 4 and states.count(TrialState.COMPLETE) == 4
