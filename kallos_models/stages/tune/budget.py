@@ -23,7 +23,7 @@ from typing import Any, Literal
 from kallos_models.errors import ConfigError
 from kallos_models.modelling import fitting, zoo
 from kallos_models.modelling.zoo.specs import CPU_CAPS
-from kallos_models.stage_settings import TuneSettings
+from kallos_models.stage_settings import TrainerSettings, TuneSettings
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +34,7 @@ SPACES = ("auto", "cpu", "full")
 #: Epochs per fold on the CPU space, unless ``--max-epochs`` sets another number than 100.
 CPU_MAX_EPOCHS = 20
 #: ``max_epochs`` when nobody set it (Settings' default): the CPU space lowers only this one.
-_DEFAULT_MAX_EPOCHS = 100
+_DEFAULT_MAX_EPOCHS = TrainerSettings().max_epochs
 
 
 @dataclass(frozen=True)

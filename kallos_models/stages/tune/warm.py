@@ -19,6 +19,7 @@ from typing import Any
 from kallos_models.errors import ConfigError
 from kallos_models.modelling.zoo.space import SearchSpace
 from kallos_models.stage_settings import TuneSettings
+from kallos_models.stages.tune.workers import count_states, n_finished
 
 logger = logging.getLogger(__name__)
 
@@ -29,10 +30,6 @@ WARM_TRIALS = 3
 
 #: The trial user attribute that marks a warm-started trial (value: the source study's name).
 MARK = "warm_start"
-
-
-def _finished(trials: list[Any]) -> int:
-    return sum(t.state.name in ("COMPLETE", "PRUNED") for t in trials)
 
 
 def load_source(storage: Any, name: str, settings: TuneSettings, study_name: str) -> Any:
@@ -131,7 +128,7 @@ def enqueue(
     queued = len(study.get_trials(deepcopy=False, states=(TrialState.WAITING,))) - before
     record = {
         "study_name": source.study_name,
-        "n_trials": _finished(source.get_trials(deepcopy=False)),
+        "n_trials": n_finished(count_states(source)),
         "best_value": float(complete[0].value),
     }
     study.set_user_attr(MARK, record)
